@@ -1,0 +1,74 @@
+"""The ``bpo`` command: one dispatcher, lazy imports.
+
+The top level imports nothing heavy, so ``bpo --help`` is instant. Each subcommand lives in
+``bpo/commands/<name>.py`` with ``main(argv) -> int``; its heavy imports happen inside functions.
+A :class:`bpo.errors.BpoError` anywhere becomes a one-line ``error: ...`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# name -> (module, one-line description). Order is the order shown in --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("bpo.commands.data", "validate, import, convert and summarise preference records"),
+    "bootstrap": ("bpo.commands.bootstrap", "generate negatives: weaken | inject | self | blind"),
+    "train": ("bpo.commands.train", "DPO / multi-negative BPO / SFT training (LoRA or full)"),
+    "generate": ("bpo.commands.generate", "run a model (+ adapter) over an eval set, resumable"),
+    "eval": ("bpo.commands.eval", "chair | pope | safety | compare ..."),
+    "analyze": ("bpo.commands.analyze", "noise | curves | modality ... plots and tables"),
+    "safety": ("bpo.commands.safety", "build MMSafe-PO style data from text-only preference data"),
+    "demo": ("bpo.commands.demo", "run the built-in toy-world pipeline end to end on CPU"),
+}
+
+
+def _usage() -> str:
+    from bpo import __version__
+
+    lines = [
+        f"bpo {__version__}: Bootstrapped & Blind Preference Optimization for multimodal LLMs",
+        "",
+        "usage: bpo <command> [options]    (bpo <command> --help for details)",
+        "",
+        "commands:",
+    ]
+    width = max(map(len, COMMANDS)) + 2
+    lines += [f"  {name:<{width}}{desc}" for name, (_, desc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from bpo import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"error: unknown command {name!r}{hint}; see `bpo --help`", file=sys.stderr)
+        return 2
+    import importlib
+
+    from bpo.errors import BpoError
+
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except BpoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed work is saved and the job can be resumed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
