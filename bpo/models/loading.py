@@ -1,0 +1,138 @@
+"""Load any Hugging Face image-text-to-text model and its processor from a hub id or a local path.
+
+This is the only place models are loaded, so every stage (bootstrap, train, eval, demo) takes the
+code path a user takes with ``llava-hf/llava-1.5-7b-hf`` or ``Qwen/Qwen2-VL-7B-Instruct``.
+``trust_remote_code`` is off unless the user asks for it; weights load as safetensors only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bpo.errors import BpoError
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16", "auto": "auto"}
+
+
+def _qwen2vl_image_only_processor_cls():
+    """Qwen2-VL's processor insists on a video processor, which needs torchvision.
+
+    Without torchvision (CPU boxes, this project's CI) the stock ``AutoProcessor`` cannot be built
+    at all. Images only need the image processor and tokenizer, so this subclass drops the video
+    attribute; everything else (token expansion, ``image_grid_thw``) is the stock code.
+    """
+    from transformers import Qwen2VLProcessor
+
+    class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    return Qwen2VLImageOnlyProcessor
+
+
+_IMAGE_ONLY_FALLBACKS = {"Qwen2VLProcessor": _qwen2vl_image_only_processor_cls}
+
+
+def _processor_class_name(path: str) -> str | None:
+    import json
+
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        f = Path(path) / name
+        if f.is_file():
+            try:
+                return json.loads(f.read_text()).get("processor_class")
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
+    """``AutoProcessor.from_pretrained`` with a clear error and an image-only fallback (see above)."""
+    from transformers import AutoProcessor
+
+    _check_exists(name_or_path)
+    from transformers import ProcessorMixin
+
+    error: Exception | None = None
+    try:
+        proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    except (AttributeError, ImportError, TypeError, ValueError, OSError) as exc:
+        proc, error = None, exc
+    if not isinstance(proc, ProcessorMixin):
+        # AutoProcessor silently returns a bare tokenizer when the processor class cannot be built.
+        cls_name = _processor_class_name(name_or_path) if os.path.isdir(name_or_path) else None
+        if cls_name not in _IMAGE_ONLY_FALLBACKS:
+            why = str(error).splitlines()[0] if error else "it has no multimodal processor"
+            raise BpoError(f"cannot load a processor from {name_or_path!r} ({why}); pass a local model "
+                           "directory or a hub id you can reach") from None
+        proc = _IMAGE_ONLY_FALLBACKS[cls_name]().from_pretrained(name_or_path, revision=revision)
+    if getattr(proc, "chat_template", None) is None and getattr(proc.tokenizer, "chat_template", None) is None:
+        raise BpoError(f"{name_or_path!r} has no chat template; bpo renders prompts with the processor's chat "
+                       "template: add one to the processor (processor.chat_template = ...; save_pretrained)")
+    tok = proc.tokenizer
+    if tok.pad_token_id is None:
+        # Padding positions are masked everywhere, so any id works; EOS is the usual choice.
+        tok.pad_token = tok.eos_token
+    return proc
+
+
+def _check_exists(name_or_path: str) -> None:
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
+    if looks_local and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise BpoError(f"model path {name_or_path!r} does not exist; pass a local directory or a hub id "
+                       "like 'llava-hf/llava-1.5-7b-hf'")
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise BpoError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    value = DTYPES[name]
+    return value if value == "auto" else getattr(torch, value)
+
+
+def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None = None,
+               trust_remote_code: bool = False, revision: str | None = None,
+               attn_implementation: str | None = None, device: Any = None):
+    """``AutoModelForImageTextToText.from_pretrained`` (safetensors only), optionally with a peft adapter."""
+    from transformers import AutoModelForImageTextToText
+
+    _check_exists(name_or_path)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "use_safetensors": True,
+                              "trust_remote_code": trust_remote_code}
+    if revision:
+        kwargs["revision"] = revision
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BpoError(f"cannot load model {name_or_path!r}: {msg}") from None
+    if adapter:
+        model = attach_adapter(model, adapter)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def attach_adapter(model, adapter: str, *, trainable: bool = False):
+    from peft import PeftModel
+
+    if not os.path.exists(os.path.join(adapter, "adapter_config.json")):
+        raise BpoError(f"adapter {adapter!r} has no adapter_config.json; pass the folder `bpo train` saved "
+                       "(<output_dir>/adapter)")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+
+
+def load(name_or_path: str, **kwargs):
+    """(model, processor) in one call."""
+    proc_kwargs = {k: kwargs[k] for k in ("trust_remote_code", "revision") if k in kwargs}
+    processor = load_processor(name_or_path, **proc_kwargs)
+    model = load_model(name_or_path, **kwargs)
+    return model, processor
