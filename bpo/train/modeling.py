@@ -1,0 +1,112 @@
+"""Which parameters train, and how the reference model is obtained, for any HF vision-language model.
+
+- LoRA (default): adapters on every ``nn.Linear`` of the language model (not ``lm_head``, not the
+  vision tower). The reference is the *same network with adapters disabled*: no second copy.
+- ``train_projector``: the projector is trained in full via peft ``modules_to_save``; peft keeps the
+  original module and uses it while adapters are disabled, so the reference sees the *original*
+  projector. (The Bootstrapped-PO code trained the projector but shared it with its reference, so
+  the reference drifted; tests check that ours does not.)
+- Full fine-tuning: the reference is a frozen deep copy (twice the weights in memory: say so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+
+from bpo.errors import BpoError
+
+_LM_NAMES = ("language_model", "text_model", "llm")
+_VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
+_PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "visual.merger", "connector", "projector")
+
+
+def _find(model, candidates) -> str | None:
+    names = [n for n, _ in model.named_modules()]
+    hits = [n for n in names for c in candidates if n == c or n.endswith("." + c)]
+    return min(hits, key=len) if hits else None
+
+
+def language_model_prefix(model) -> str:
+    name = _find(model, _LM_NAMES)
+    if name is None:
+        raise BpoError(f"cannot find the language model inside {type(model).__name__}; set "
+                       "lora.target_modules explicitly")
+    return name
+
+
+def vision_prefix(model) -> str | None:
+    return _find(model, _VISION_NAMES)
+
+
+def projector_name(model) -> str | None:
+    # Qwen2-VL's merger lives inside the vision tower; look for it before the tower itself matches.
+    return _find(model, _PROJECTOR_NAMES)
+
+
+def lora_target_modules(model, targets: list[str]) -> list[str]:
+    """Expand 'all-linear' to the full names of the language model's Linear layers."""
+    if targets != ["all-linear"]:
+        return targets
+    lm = language_model_prefix(model)
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and (n.startswith(lm + ".")) and not n.endswith("lm_head")]
+    if not names:
+        raise BpoError("no Linear layers found in the language model for LoRA")
+    return names
+
+
+def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False):
+    """Freeze/unfreeze per the config and wrap in peft when LoRA is on. Returns (model, ref_model|None)."""
+    proj = projector_name(model)
+    vision = vision_prefix(model)
+    ref_model = None
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    if lora_cfg.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model.requires_grad_(False)
+        modules_to_save = [proj] if (lora_cfg.train_projector and proj) else None
+        if lora_cfg.train_projector and not proj:
+            raise BpoError("lora.train_projector: no projector module found in this model")
+        config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                            target_modules=lora_target_modules(model, lora_cfg.target_modules),
+                            modules_to_save=modules_to_save, bias="none")
+        model = get_peft_model(model, config)
+    else:
+        model.requires_grad_(True)
+        if vision and not lora_cfg.train_vision:
+            model.get_submodule(vision).requires_grad_(False)
+        if proj and not lora_cfg.train_projector:
+            model.get_submodule(proj).requires_grad_(False)
+        # Qwen2-VL: the merger sits inside the vision tower; honour train_projector after freezing vision.
+        if proj and lora_cfg.train_projector:
+            model.get_submodule(proj).requires_grad_(True)
+        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+    if not any(p.requires_grad for p in model.parameters()):
+        raise BpoError("nothing to train: check lora.target_modules / train_projector")
+    return model, ref_model
+
+
+@contextlib.contextmanager
+def reference_mode(model, ref_model=None):
+    """Yield the network that computes pi_ref: the frozen copy, or the policy with adapters off."""
+    if ref_model is not None:
+        yield ref_model
+        return
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+        return
+    raise BpoError("no reference model: enable LoRA, use full fine-tuning, or a reference cache")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,299 @@
+"""The ``bpo train`` loop on ``accelerate``: DPO / multi-negative BPO / IPO / hinge / SFT.
+
+One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` examples per process; an example
+is one prompt (with its images) and 1 + K responses. The loop is deliberately plain so that what it
+does is easy to audit: encode, log-probs for policy (and reference), loss, step, log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from bpo.config import to_dict
+from bpo.errors import BpoError
+from bpo.train import checkpoint as ckpt
+from bpo.train.config import TrainConfig
+from bpo.train.data import epoch_batches, negative_matrix, select_negatives, subset
+from bpo.train.losses import LOSSES, nll_loss
+from bpo.train.metrics import MetricsLogger, StepStats
+from bpo.train.modeling import count_parameters, prepare_policy, reference_mode
+
+
+def lr_lambda(total: int, warmup: int, kind: str):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, *, log=print):
+        cfg.validate()
+        self.cfg = cfg
+        self.log = log
+        self.out = Path(cfg.run.output_dir)
+
+    # ---- setup -----------------------------------------------------------------------------------
+    def setup(self):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
+        self.acc = Accelerator(mixed_precision=mp)
+        set_seed(cfg.run.seed)
+        self._load_model()
+        self._load_data()
+        self._build_optimizer()
+        return self
+
+    def _load_model(self):
+        from bpo.models.loading import load_model, load_processor
+
+        cfg = self.cfg
+        self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                           attn_implementation=cfg.model.attn_implementation)
+        if cfg.model.adapter:
+            from bpo.models.loading import attach_adapter
+
+            # The start adapter (e.g. SFT LoRA) becomes part of both policy and reference.
+            model = attach_adapter(model, cfg.model.adapter).merge_and_unload()
+        self.policy, self.ref_model = prepare_policy(model, cfg.lora,
+                                                     gradient_checkpointing=cfg.run.gradient_checkpointing)
+        self.policy.train()
+        trainable, total = count_parameters(self.policy)
+        self.log(f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
+                 f"({'LoRA' if cfg.lora.enabled else 'full fine-tuning'}"
+                 f"{', projector trained' if cfg.lora.train_projector else ''})")
+
+    def _load_data(self):
+        from bpo.data.records import read_records
+        from bpo.models.encoding import Encoder, encode_all
+
+        cfg = self.cfg
+        errors: list = []
+        records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=errors))
+        records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
+        records = subset(records, cfg.data.subset_fraction, cfg.data.subset_seed)
+        self.encoder = Encoder(self.processor, cfg.data.image_root, max_length=cfg.data.max_length,
+                               on_overlength=cfg.data.on_overlength, source_weights=cfg.loss.source_weights)
+        dropped: list = []
+        sft = cfg.loss.type == "sft"
+        self.examples = encode_all(self.encoder, records, on_error=cfg.data.on_error, dropped=dropped,
+                                   require_rejected=not sft, progress=cfg.run.progress and self.acc.is_main_process)
+        self.dropped = [str(e) for e in errors + dropped]
+        for msg in self.dropped[:10]:
+            self.log(f"skipped: {msg}")
+        if len(self.dropped) > 10:
+            self.log(f"... and {len(self.dropped) - 10} more (all listed in {self.out / 'dropped.txt'})")
+        if not self.examples:
+            raise BpoError(f"{cfg.data.train}: no usable training records ({len(self.dropped)} dropped)")
+        self.lengths = [ex.total_tokens() for ex in self.examples]
+        n_pairs = sum(len(ex.response_ids) - 1 for ex in self.examples)
+        self.log(f"data: {len(self.examples)} examples, {n_pairs} preference pairs, {len(self.dropped)} dropped")
+
+    def _build_optimizer(self):
+        cfg = self.cfg
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                           betas=tuple(cfg.optim.betas))
+        world = self.acc.num_processes
+        n_batches = len(epoch_batches(self.lengths, cfg.run.batch_size, seed=cfg.run.seed, epoch=0,
+                                      group_by_length=False, world_size=world)) // world
+        self.micro_per_epoch = n_batches
+        steps_per_epoch = max(1, math.ceil(n_batches / cfg.run.grad_accum))
+        self.total_steps = cfg.run.max_steps or max(1, math.ceil(cfg.run.epochs * steps_per_epoch))
+        warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.total_steps, warmup, cfg.optim.scheduler))
+        self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model.to(self.acc.device)
+
+    # ---- one micro-batch -------------------------------------------------------------------------
+    def _logps(self, model, examples):
+        from bpo.models.logprobs import example_logps
+
+        return example_logps(model, examples, self.processor.tokenizer.pad_token_id)
+
+    def _reference_logps(self, examples):
+        with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model) as ref:
+            was_training = ref.training
+            ref.eval()
+            lp, _, _ = self._logps(ref, examples)
+            ref.train(was_training)
+        return lp
+
+    def micro_step(self, examples, stats: StepStats) -> torch.Tensor:
+        cfg = self.cfg
+        with self.acc.autocast():
+            logps, counts, valid = self._logps(self.policy, examples)
+        chosen, rejected = logps[:, 0], logps[:, 1:]
+        if cfg.loss.type == "sft":
+            losses = nll_loss(chosen, counts[:, 0])
+            stats.add("logps/chosen", chosen)
+            stats.add("nll/chosen", losses)
+            return losses.mean()
+        ref = self._reference_logps(examples)
+        weights, sources = negative_matrix(examples, logps.shape[1], device=logps.device)
+        loss_fn = LOSSES.get(cfg.loss.type)
+        kwargs = {"label_smoothing": cfg.loss.label_smoothing} if cfg.loss.type == "sigmoid" else {}
+        out = loss_fn(chosen, rejected, ref[:, 0], ref[:, 1:], beta=cfg.loss.beta, valid=valid[:, 1:],
+                      weights=weights, reduction=cfg.loss.reduction, **kwargs)
+        losses = out.losses
+        if cfg.loss.sft_weight:
+            nll = nll_loss(chosen, counts[:, 0])
+            stats.add("nll/chosen", nll)
+            losses = losses + cfg.loss.sft_weight * nll
+        stats.add_preference(out.chosen_rewards, out.rejected_rewards, valid[:, 1:], sources, chosen.detach(),
+                             rejected.detach())
+        return losses.mean()
+
+    # ---- loop ------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc = self.cfg, self.acc
+        main = acc.is_main_process
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_run_files()
+        logger = MetricsLogger(self.out, tensorboard=cfg.run.tensorboard, enabled=main)
+        step, epoch, micro = self._maybe_resume(logger)
+        world, rank = acc.num_processes, acc.process_index
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not (cfg.run.progress and main))
+        stats, t0, n_ex, n_pairs, accum = StepStats(), time.perf_counter(), 0, 0, 0
+        last_loss = float("nan")
+        while step < self.total_steps:
+            batches = epoch_batches(self.lengths, cfg.run.batch_size, seed=cfg.run.seed, epoch=epoch,
+                                    group_by_length=cfg.data.group_by_length, world_size=world)
+            mine = batches[rank::world]
+            while micro < len(mine) and step < self.total_steps:
+                examples = [self.examples[i] for i in mine[micro]]
+                micro += 1
+                accum += 1
+                sync = accum == cfg.run.grad_accum or micro == len(mine)
+                ctx = acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
+                with ctx:
+                    loss = self.micro_step(examples, stats)
+                    acc.backward(loss / accum_divisor(cfg.run.grad_accum, accum, micro, len(mine)))
+                stats.add("loss", loss.detach().reshape(1))
+                n_ex += len(examples)
+                n_pairs += sum(len(e.response_ids) - 1 for e in examples)
+                if not sync:
+                    continue
+                grad_norm = self._optimizer_step()
+                step += 1
+                accum = 0
+                bar.update(1)
+                if step % cfg.run.log_every == 0 or step == self.total_steps:
+                    dt = time.perf_counter() - t0
+                    row = stats.means()
+                    row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch + micro /
+                               max(1, len(mine)), samples_per_s=n_ex * world / dt, pairs_per_s=n_pairs * world / dt,
+                               s_per_step=dt / max(1, cfg.run.log_every))
+                    last_loss = row.get("loss", last_loss)
+                    logger.log(step, row)
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                    stats, t0, n_ex, n_pairs = StepStats(), time.perf_counter(), 0, 0
+                if cfg.run.save_every and step % cfg.run.save_every == 0 and step < self.total_steps:
+                    self._save_checkpoint(step, epoch, micro)
+            if micro >= len(mine):
+                epoch, micro = epoch + 1, 0
+        bar.close()
+        logger.close()
+        acc.wait_for_everyone()
+        result = {"steps": step, "final_loss": last_loss, "output_dir": str(self.out)}
+        if main:
+            result.update(self._save_final())
+        return result
+
+    def _optimizer_step(self) -> float:
+        cfg = self.cfg
+        grad_norm = float("nan")
+        if cfg.optim.max_grad_norm > 0:
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            grad_norm = float(self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def _fingerprint(self) -> dict:
+        from bpo.io import file_sha256
+
+        cfg = to_dict(self.cfg)
+        return {"data_sha256": file_sha256(self.cfg.data.train), "model": cfg["model"], "lora": cfg["lora"],
+                "loss": cfg["loss"], "data": {k: v for k, v in cfg["data"].items()}}
+
+    def _write_run_files(self):
+        import yaml
+
+        from bpo.io import atomic_write
+
+        with atomic_write(self.out / "config.yaml") as fh:
+            yaml.safe_dump(to_dict(self.cfg), fh, sort_keys=False)
+        with atomic_write(self.out / "dropped.txt") as fh:
+            fh.write("".join(m + "\n" for m in self.dropped))
+
+    def _maybe_resume(self, logger):
+        path = ckpt.find_resume(self.out, self.cfg.run.resume)
+        if path is None:
+            if self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
+                (self.out / "metrics.jsonl").unlink()
+            return 0, 0, 0
+        state = ckpt.load_checkpoint(path, model=self.acc.unwrap_model(self.policy), optimizer=self.optimizer,
+                                     scheduler=self.scheduler)
+        if state.get("fingerprint") != self._fingerprint():
+            raise BpoError(f"{path}: checkpoint was made with different data/model/loss settings; use a new "
+                           "run.output_dir or run.resume=none")
+        logger.truncate_after(state["global_step"])
+        self.log(f"resumed from {path} at step {state['global_step']}")
+        return state["global_step"], state["epoch"], state["micro"]
+
+    def _save_checkpoint(self, step, epoch, micro):
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            state = {"global_step": step, "epoch": epoch, "micro": micro, "fingerprint": self._fingerprint()}
+            ckpt.save_checkpoint(self.out, model=self.acc.unwrap_model(self.policy), optimizer=self.optimizer,
+                                 scheduler=self.scheduler, state=state, keep=self.cfg.run.keep_checkpoints)
+
+    def _save_final(self) -> dict:
+        model = self.acc.unwrap_model(self.policy)
+        out = {}
+        if self.cfg.lora.enabled:
+            model.save_pretrained(self.out / "adapter")
+            out["adapter"] = str(self.out / "adapter")
+            if self.cfg.run.merge:
+                merged = model.merge_and_unload()
+                merged.save_pretrained(self.out / "merged")
+                self.processor.save_pretrained(self.out / "merged")
+                out["merged"] = str(self.out / "merged")
+        else:
+            model.save_pretrained(self.out / "model")
+            self.processor.save_pretrained(self.out / "model")
+            out["model"] = str(self.out / "model")
+        (self.out / "result.json").write_text(json.dumps(out, indent=2))
+        return out
+
+
+def accum_divisor(grad_accum: int, accum: int, micro: int, n_micro: int) -> int:
+    """Divide by the number of micro-batches in *this* step (the last step of an epoch may be short)."""
+    remaining_at_start = n_micro - (micro - accum)
+    return min(grad_accum, remaining_at_start)
