@@ -104,7 +104,7 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else ""
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
             raise BpoError(f"unknown config key {prefix + key!r}{hint}")
         f = fields[key]
         val = _coerce(value, hints[key], prefix + key)

@@ -56,6 +56,7 @@ class Trainer:
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
         self.acc = Accelerator(mixed_precision=mp)
         set_seed(cfg.run.seed)
+        self._read_records()  # cheap checks first: never load a 7B model to find a malformed line
         self._load_model()
         self._load_data()
         self._build_optimizer()
@@ -81,15 +82,20 @@ class Trainer:
                  f"({'LoRA' if cfg.lora.enabled else 'full fine-tuning'}"
                  f"{', projector trained' if cfg.lora.train_projector else ''})")
 
-    def _load_data(self):
+    def _read_records(self):
         from bpo.data.records import read_records
+
+        cfg = self.cfg
+        self.read_errors: list = []
+        records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=self.read_errors))
+        records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
+        self.records = subset(records, cfg.data.subset_fraction, cfg.data.subset_seed)
+
+    def _load_data(self):
         from bpo.models.encoding import Encoder, encode_all
 
         cfg = self.cfg
-        errors: list = []
-        records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=errors))
-        records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
-        records = subset(records, cfg.data.subset_fraction, cfg.data.subset_seed)
+        errors, records = self.read_errors, self.records
         self.encoder = Encoder(self.processor, cfg.data.image_root, max_length=cfg.data.max_length,
                                on_overlength=cfg.data.on_overlength, source_weights=cfg.loss.source_weights)
         dropped: list = []

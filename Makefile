@@ -1,0 +1,32 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both create/refresh .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.bpo-installed
+DEMO_OUT ?= outputs/demo
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: on CPU-only boxes this version resolves to the CPU build.
+	$(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e ".[dev,openai]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bpo demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check bpo tests bench
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/train_throughput.py
+	$(PY) bench/generate_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
