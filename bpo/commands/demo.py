@@ -1,0 +1,85 @@
+"""``bpo demo``: the built-in pipeline on CPU.
+
+``--quick`` trains DPO for a few steps on a tiny locally built LLaVA and a handful of built-in
+records (seconds). The default runs the toy world (``bpo.toy``) through the public stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+QUICK_RECORDS = [
+    ("red", (220, 30, 30), "a red square", [("weakened", "a blue circle"), ("injected", "two red squares")]),
+    ("green", (30, 200, 50), "a green square", [("weakened", "a red square"), ("injected", "a green star")]),
+    ("blue", (30, 40, 220), "a blue square", [("weakened", "a green triangle")]),
+    ("yellow", (230, 220, 30), "a yellow square", [("weakened", "a blue square"), ("blind", "I see nothing")]),
+]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="bpo demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="outputs/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="tiny DPO smoke run only (seconds)")
+    p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
+    return p
+
+
+def write_quick_data(out: Path) -> tuple[Path, Path]:
+    from PIL import Image
+
+    from bpo.data.records import Negative, Record, user_turn, write_records
+
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for name, rgb, chosen, negs in QUICK_RECORDS:
+        img = Image.new("RGB", (32, 32), (255, 255, 255))
+        img.paste(Image.new("RGB", (16, 16), rgb), (8, 8))
+        img.save(images / f"{name}.png")
+        records.append(Record(id=name, images=[f"{name}.png"], prompt=[user_turn("describe the image", 1)],
+                              chosen=chosen, rejected=[Negative(t, s) for s, t in negs]))
+    prefs = out / "prefs.jsonl"
+    write_records(prefs, records)
+    return prefs, images
+
+
+def run_quick(out: Path, steps: int) -> int:
+    from bpo.config import load_config
+    from bpo.models.tiny import build_tiny_llava
+    from bpo.paths import package_file
+    from bpo.train.config import TrainConfig
+    from bpo.train.trainer import Trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = out / "model"
+    if not (model_dir / "config.json").exists():
+        print(f"[1/3] building a tiny random LLaVA in {model_dir}")
+        build_tiny_llava(model_dir)
+    prefs, images = write_quick_data(out)
+    print(f"[2/3] wrote {prefs} ({len(QUICK_RECORDS)} records, images in {images})")
+    recipe = package_file("..", "configs", "tiny_cpu.yaml")
+    overrides = [f"model.name={model_dir}", f"data.train={prefs}", f"data.image_root={images}",
+                 f"run.output_dir={out / 'run'}", f"run.max_steps={steps}", "run.resume=none"]
+    cfg = load_config(TrainConfig, recipe if recipe.exists() else None, overrides)
+    print("[3/3] training DPO (multi-negative) with LoRA")
+    result = Trainer(cfg).setup().train()
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    print(f"\nloss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, reward accuracy "
+          f"{rows[0]['rewards/accuracies']:.2f} -> {rows[-1]['rewards/accuracies']:.2f}")
+    print(f"outputs: {out}\n  adapter: {result.get('adapter')}\n  metrics: {out / 'run' / 'metrics.jsonl'}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.quick:
+        return run_quick(out, args.steps)
+    try:
+        from bpo.toy import pipeline
+    except ImportError:
+        return run_quick(out, args.steps)
+    return pipeline.main(args, out)
