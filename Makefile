@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bpo demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check bpo tests bench
+	$(VENV)/bin/ruff check bpo tests $(wildcard bench)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
