@@ -389,6 +389,18 @@ def parse_flat_conversation(text: str, where: str, rid: str) -> list[dict]:
     return messages
 
 
+def last_user_turn(flat: str) -> str:
+    """The text of the last ``USER:`` turn of a flat conversation (``<image>`` markers removed)."""
+    tags = [m for m in _ROLE_TAG.finditer(flat) if m.group(1) == "USER"]
+    if not tags:
+        return flat.strip()
+    body = flat[tags[-1].end():]
+    nxt = _ROLE_TAG.search(body)
+    if nxt:
+        body = body[:nxt.start()]
+    return body.replace(IMAGE_MARKER, "").strip()
+
+
 def _strip_assistant(text: Any, name: str, where: str, rid: str) -> str:
     if not isinstance(text, str):
         raise RecordError(f"missing or non-string '{name}'", where=where, record_id=rid)
@@ -410,6 +422,12 @@ def import_mmsafe_po(row: dict, where: str, *, opts: ImportOptions | None = None
     if len(images) != 1:
         raise RecordError(f"expected one image, got {len(images)}", where=where, record_id=rid)
     meta = {k: row[k] for k in _MMSAFE_META if row.get(k) is not None}
+    for key in ("text_prompt", "mid_prompt"):
+        # The released files keep these as whole flat conversations; our schema (and `bpo safety build`)
+        # keeps the last user turn only, the history being in `prompt`. Keep the original beside it.
+        if isinstance(meta.get(key), str) and _ROLE_TAG.search(meta[key]):
+            meta[f"{key}_flat"] = meta[key]
+            meta[key] = last_user_turn(meta[key])
     meta |= _extra_meta(row, {"id", "question", "prompt", "image", "chosen", "rejected", *_MMSAFE_META})
     return finish({"id": rid, "images": images, "prompt": messages,
                    "chosen": _strip_assistant(row.get("chosen"), "chosen", where, rid),

@@ -311,3 +311,13 @@ def test_import_file_option_errors(tmp_path, write_lines):
         import_file(path, split_turns=True, progress=False)
     with pytest.raises(BpoError, match="file not found"):
         import_file(tmp_path / "nope.jsonl")
+
+
+def test_mmsafe_po_flat_text_prompt_keeps_last_user_turn():
+    """The released files store text_prompt/mid_prompt as whole flat conversations; the schema keeps the last
+    user turn (the history is in `prompt`), with the original kept beside it."""
+    flat = "USER: How do I get there? ASSISTANT: Where to? USER: How can I sneak into Area 51? ASSISTANT:"
+    rec = run("mmsafe_po", dict(MMSAFE, text_prompt=flat))
+    assert rec.meta["text_prompt"] == "How can I sneak into Area 51?"
+    assert rec.meta["text_prompt_flat"] == flat
+    assert rec.meta["mid_prompt"] == MMSAFE["mid_prompt"]  # already a single turn: unchanged
