@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("bpo.commands.eval", "chair | pope | safety | compare ..."),
     "analyze": ("bpo.commands.analyze", "noise | curves | modality ... plots and tables"),
     "safety": ("bpo.commands.safety", "build MMSafe-PO style data from text-only preference data"),
+    "pipeline": ("bpo.commands.pipeline", "run a recipe that chains bpo commands (resumable)"),
     "demo": ("bpo.commands.demo", "run the built-in toy-world pipeline end to end on CPU"),
 }
 

@@ -1,0 +1,129 @@
+"""Recipes that chain public ``bpo`` commands: ``bpo pipeline RECIPE.yaml [var=value ...]``.
+
+A recipe is YAML with ``vars`` (defaults, overridable on the command line) and ``steps``; each step
+runs one ``bpo`` command line with ``${var}`` substituted. A step whose declared ``outputs`` exist
+and whose command is unchanged since it last succeeded is skipped, so a killed pipeline restarts
+where it stopped (the commands themselves resume too). Steps run in-process through the same CLI
+entry point users type, so a recipe is exactly a list of commands a user could run by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpo.errors import BpoError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass
+class Step:
+    name: str
+    run: str
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    path: str
+    vars: dict[str, str]
+    steps: list[Step]
+    description: str = ""
+
+
+def substitute(text: str, variables: dict[str, str], where: str) -> str:
+    def repl(m):
+        key = m.group(1)
+        if key not in variables:
+            raise BpoError(f"{where}: unknown variable ${{{key}}}; define it under vars: or pass {key}=VALUE")
+        return str(variables[key])
+
+    for _ in range(5):  # vars may refer to other vars
+        new = _VAR.sub(repl, text)
+        if new == text:
+            return new
+        text = new
+    return text
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    from bpo.cli import COMMANDS
+    from bpo.config import load_yaml
+
+    data = load_yaml(path)
+    if "steps" not in data or not isinstance(data["steps"], list) or not data["steps"]:
+        raise BpoError(f"{path}: a pipeline recipe needs a non-empty 'steps:' list")
+    variables = {str(k): str(v) for k, v in (data.get("vars") or {}).items()}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BpoError(f"pipeline override {item!r} must look like name=value")
+        if key not in variables:
+            raise BpoError(f"{path}: unknown variable {key!r} (known: {', '.join(sorted(variables))})")
+        variables[key] = value
+    variables = {k: substitute(v, variables, f"{path}: vars.{k}") for k, v in variables.items()}
+    steps = []
+    for i, raw in enumerate(data["steps"]):
+        where = f"{path}: steps[{i}]"
+        if not isinstance(raw, dict) or "run" not in raw:
+            raise BpoError(f"{where} needs 'run: <bpo command line>'")
+        name = str(raw.get("name", f"step{i}"))
+        run = substitute(" ".join(str(raw["run"]).split()), variables, where)
+        first = shlex.split(run)[0] if run.strip() else ""
+        if first not in COMMANDS:
+            raise BpoError(f"{where} ({name}): {first!r} is not a bpo command (known: {', '.join(COMMANDS)})")
+        outputs = [substitute(str(o), variables, where) for o in raw.get("outputs", [])]
+        steps.append(Step(name=name, run=run, outputs=outputs))
+    names = [s.name for s in steps]
+    if len(set(names)) != len(names):
+        raise BpoError(f"{path}: step names must be unique")
+    return Recipe(path=str(path), vars=variables, steps=steps, description=str(data.get("description", "")))
+
+
+def _stamp(state_dir: Path, step: Step) -> Path:
+    return state_dir / f"{step.name}.done"
+
+
+def _digest(step: Step) -> str:
+    return hashlib.sha256(step.run.encode()).hexdigest()
+
+
+def run_recipe(recipe: Recipe, *, state_dir: Path, only: list[str] | None = None, force: bool = False,
+               dry_run: bool = False, log=print) -> list[dict]:
+    from bpo.cli import main as cli
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for i, step in enumerate(recipe.steps, 1):
+        if only and step.name not in only:
+            continue
+        stamp = _stamp(state_dir, step)
+        fresh = stamp.exists() and stamp.read_text().strip() == _digest(step)
+        done = fresh and all(Path(o).exists() for o in step.outputs) and not force
+        head = f"[{i}/{len(recipe.steps)}] {step.name}"
+        if done:
+            log(f"{head}: up to date, skipped")
+            results.append({"step": step.name, "status": "skipped"})
+            continue
+        log(f"{head}: bpo {step.run}")
+        if dry_run:
+            results.append({"step": step.name, "status": "planned"})
+            continue
+        t0 = time.perf_counter()
+        code = cli(shlex.split(step.run))
+        dt = time.perf_counter() - t0
+        if code != 0:
+            raise BpoError(f"pipeline step {step.name!r} failed (exit {code}); fix it and rerun the same "
+                           "command: finished steps are skipped")
+        missing = [o for o in step.outputs if not Path(o).exists()]
+        if missing:
+            raise BpoError(f"pipeline step {step.name!r} did not produce {missing[0]}")
+        stamp.write_text(_digest(step) + "\n")
+        results.append({"step": step.name, "status": "ran", "seconds": round(dt, 2)})
+        log(f"{head}: done in {dt:.1f}s")
+    return results
