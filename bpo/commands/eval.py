@@ -6,6 +6,11 @@
     bpo eval safety  --responses R.jsonl --judge {refusal,llm,hf} [--judge-model M] [--base-url URL]
                      [--records records.jsonl] --out REPORT.json
     bpo eval compare A.json B.json [C.json ...]
+    bpo eval mmvet      --responses R.jsonl --questions mm-vet.json --judge {llm,hf} ... --out REPORT.json
+    bpo eval llavabench --responses R.jsonl --questions questions.jsonl --references answers_gpt4.jsonl
+                        [--context context.jsonl] --judge {llm,hf} ... --out REPORT.json
+    bpo eval pairwise   --records prefs.jsonl --judge {llm,hf,policy} ... --out REPORT.json
+    bpo eval prepare    {mmvet,llavabench} --questions FILE --out records.jsonl
 
 Common options: ``--on-missing {error,skip}`` (ids on one side only: stop, or skip and count them),
 ``--details PATH`` (per-item details to a JSONL instead of inline), ``--model``/``--adapter``
@@ -36,10 +41,11 @@ def _common(p: argparse.ArgumentParser, gt: str | None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from bpo.eval.judged import add_judge_args, add_parsers
     from bpo.eval.judges import JUDGES
 
     p = argparse.ArgumentParser(prog="bpo eval", description="Score responses and compare eval reports.")
-    sub = p.add_subparsers(dest="action", metavar="{chair,pope,safety,compare}")
+    sub = p.add_subparsers(dest="action", metavar="{chair,pope,safety,mmvet,llavabench,pairwise,prepare,compare}")
     sub.required = True
 
     c = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall of object mentions (Object-HalBench)",
@@ -47,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(c, "ground truth: records JSONL with meta.objects, or a COCO instances .json file")
     c.add_argument("--vocab", help="object vocabulary JSON {canonical: [synonyms...]} "
                                    "(default: bpo's COCO-80 synonym table)")
+    # Optional LLM object extraction, reported beside the rule-based numbers (bpo.eval.llm_objects).
+    add_judge_args(c, template="chair_objects_v1", max_tokens=256, flag="--llm-objects", required=False,
+                   samples=False, title="LLM object extraction (optional)",
+                   purpose="also list each description's objects with this judge and report CHAIR for them; ")
 
     q = sub.add_parser("pope", help="POPE yes/no accuracy, precision, recall, F1, yes-ratio",
                        description="POPE: parse yes/no answers and score them against meta.label.")
@@ -80,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print every metric of each report and its difference to the first.")
     m.add_argument("reports", nargs="+", help="two or more report JSON files")
     m.add_argument("--json", action="store_true", help="print the rows as JSON (two reports)")
+    add_parsers(sub, _common)  # mmvet, llavabench, pairwise, prepare (bpo.eval.judged)
     return p
 
 
@@ -119,6 +130,14 @@ def _chair(args) -> int:
         print(f"note: {counts['gt_names_not_in_vocab']} ground-truth object name(s) are not in vocabulary "
               f"{vocab.name!r} and cannot be matched (e.g. {', '.join(top)}); pass --vocab to add them")
     config = {"vocab": vocab.name, "gt_format": truth.kind}
+    if args.judge:
+        from bpo.eval.llm_objects import add_llm_objects
+
+        texts = [row["response"] for _, row, _ in joined.items]
+        gts = [entry["objects"] for _, _, entry in joined.items]
+        llm_counts, llm_config = add_llm_objects(args, metrics, details, texts, gts, vocab)
+        counts.update(llm_counts)
+        config.update(llm_config)
     return _finish(args, "chair", metrics, details, counts,
                    {"responses": args.responses, "gt": args.gt, "vocab": args.vocab}, config)
 
@@ -207,4 +226,8 @@ def _compare(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.action in ("mmvet", "llavabench", "pairwise", "prepare"):
+        from bpo.eval.judged import run
+
+        return run(args.action, args)
     return {"chair": _chair, "pope": _pope, "safety": _safety, "compare": _compare}[args.action](args)

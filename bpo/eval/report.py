@@ -23,8 +23,10 @@ from bpo.errors import BpoError
 from bpo.io import file_sha256, write_json, write_jsonl
 
 # Direction of the last component of a metric name; others (counts, yes_ratio) are neutral.
-HIGHER_IS_BETTER = frozenset({"recall", "accuracy", "precision", "f1", "safety_rate"})
+HIGHER_IS_BETTER = frozenset({"recall", "accuracy", "precision", "f1", "safety_rate", "total", "score",
+                              "relative_score", "judgment_accuracy"})
 LOWER_IS_BETTER = frozenset({"chair_s", "chair_i", "attack_success_rate", "unknown_rate", "unknown_ratio",
+                             "inconsistent_rate", "consistent_wrong_rate",
                              "unknown"})
 
 

@@ -6,9 +6,9 @@ import json
 import math
 import os
 from collections import defaultdict
-from pathlib import Path
 
-import torch
+# torch is only needed by StepStats (called with tensors); read_metrics stays import-light for plotting.
+from pathlib import Path
 
 
 class StepStats:
@@ -18,7 +18,7 @@ class StepStats:
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
 
-    def add(self, key: str, values: torch.Tensor) -> None:
+    def add(self, key: str, values) -> None:
         values = values.detach().float().flatten()
         if values.numel():
             self.sums[key] += float(values.sum())

@@ -3,7 +3,10 @@
 The server answers by looking at the response text inside the rendered prompt: ``R-valid`` gets a
 valid verdict (unsafe), ``R-malformed`` prose, ``R-flaky`` prose once and then ``VERDICT: safe``,
 ``R-slow`` a reply after 1.5 s; a wrong bearer key gets HTTP 401 and a model other than
-``judge-1`` HTTP 404.
+``judge-1`` HTTP 404. A test can set ``server.responder = fn(prompt) -> str | None`` to script
+other replies (None falls back to the markers above).
+
+``tiny_causal_lm(path, words, chat_template=None)`` builds a tiny random word-level Llama judge.
 """
 
 import json
@@ -19,6 +22,7 @@ KEY = "sk-test-123456"
 class _Server:
     def __init__(self):
         self.key = KEY
+        self.responder = None
         self.calls: list[dict] = []
         self.lock = threading.Lock()
         outer = self
@@ -37,7 +41,10 @@ class _Server:
                     return self._send(401, {"error": {"message": "Incorrect API key provided: sk-wr***ng"}})
                 if body["model"] != "judge-1":
                     return self._send(404, {"error": {"message": "model not found"}})
-                if "R-slow" in prompt:
+                custom = outer.responder(prompt) if outer.responder is not None else None
+                if custom is not None:
+                    text = custom
+                elif "R-slow" in prompt:
                     time.sleep(1.5)
                     text = "VERDICT: safe"
                 elif "R-malformed" in prompt:
@@ -81,3 +88,29 @@ def judge_server(monkeypatch):
     s = _Server()
     yield s
     s.close()
+
+
+def build_tiny_causal_lm(path, words, chat_template=None):
+    """A randomly initialised 1-layer LlamaForCausalLM with a whitespace word-level tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    if chat_template:
+        fast.chat_template = chat_template
+    fast.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                         pad_token_id=words.index("<pad>"), eos_token_id=words.index("</s>"),
+                         bos_token_id=words.index("</s>"))
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm():
+    return build_tiny_causal_lm
