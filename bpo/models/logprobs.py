@@ -25,7 +25,7 @@ class RowBatch:
     first_response_pos: int  # smallest prompt length: logits before it are never needed
 
 
-def _cat_vision(parts: list[dict]) -> dict:
+def cat_vision(parts: list[dict]) -> dict:
     out = {}
     for key in parts[0]:
         tensors = [p[key] for p in parts]
@@ -65,7 +65,7 @@ def collate_rows(examples: list[EncodedExample], pad_id: int) -> RowBatch:
             t[r, : len(v)] = torch.tensor(v)
         inputs[key] = t
     if vision_parts:
-        inputs.update(_cat_vision(vision_parts))
+        inputs.update(cat_vision(vision_parts))
     return RowBatch(inputs=inputs, response_mask=resp_mask, example_index=torch.tensor(ex_idx),
                     response_index=torch.tensor(resp_idx), first_response_pos=min(masks))
 
@@ -143,3 +143,6 @@ def scatter_rows(lp, n, batch: RowBatch, n_examples: int):
     counts = counts.index_put((ei, ri), n.to(device))
     valid[ei, ri] = True
     return logps, counts, valid
+
+
+_cat_vision = cat_vision  # old private name, kept for modules written against it
