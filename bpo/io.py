@@ -184,3 +184,47 @@ class AppendOnlyJsonl:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class KeyedJsonlCache:
+    """A disk cache of ``{"key": ..., **value}`` rows in an append-only JSONL file (judge answers etc.).
+
+    Rows are loaded at start; ``keep(row)`` decides which cached rows count (a subclass tightens it,
+    e.g. only parsed verdicts). A crash can leave a partial last line: it is skipped, not fatal.
+    Appends are line-atomic and thread-safe.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        import threading
+
+        self.path = Path(path)
+        self._rows: dict[str, dict] = {}
+        self._writer: AppendOnlyJsonl | None = None
+        self._lock = threading.Lock()
+        if self.path.exists():
+            for _, row in read_jsonl(self.path, skip_bad=True, errors=[]):
+                if isinstance(row.get("key"), str) and self.keep(row):
+                    self._rows[row["key"]] = row
+
+    def keep(self, row: dict) -> bool:
+        return True
+
+    def get(self, key: str) -> dict | None:
+        return self._rows.get(key)
+
+    def put(self, key: str, row: dict) -> None:
+        with self._lock:
+            if self._writer is None:
+                self._writer = AppendOnlyJsonl(self.path, id_key="key")
+            full = {"key": key, **row}
+            self._writer.append(full)
+            self._rows[key] = full
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

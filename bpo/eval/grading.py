@@ -32,7 +32,7 @@ from typing import Any
 from bpo.errors import BpoError
 from bpo.eval.judge_backends import HFJudge, LLMJudge
 from bpo.eval.judges import TransientError
-from bpo.io import AppendOnlyJsonl, read_jsonl, stable_hash
+from bpo.io import KeyedJsonlCache, stable_hash
 from bpo.paths import cache_dir, package_file
 
 BACKENDS = ("llm", "hf")
@@ -99,42 +99,15 @@ class Grade:
         return out
 
 
-class GradeCache:
+class GradeCache(KeyedJsonlCache):
     """A JSONL file of ``{"key", "raw", "parsed", ...}`` rows; the value is re-parsed on every hit.
 
     Storing the raw reply (not the parsed value) keeps one source of truth: a parser fix applies to
     cached replies too. Appends are line-atomic, and a partial last line after a crash is skipped.
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._rows: dict[str, dict] = {}
-        self._writer: AppendOnlyJsonl | None = None
-        self._lock = threading.Lock()
-        if self.path.exists():
-            for _, row in read_jsonl(self.path, skip_bad=True, errors=[]):
-                if isinstance(row.get("key"), str) and isinstance(row.get("raw"), str):
-                    self._rows[row["key"]] = row
-
-    def get(self, key: str) -> dict | None:
-        return self._rows.get(key)
-
-    def put(self, key: str, row: dict) -> None:
-        with self._lock:
-            if self._writer is None:
-                self._writer = AppendOnlyJsonl(self.path, id_key="key")
-            full = {"key": key, **row}
-            self._writer.append(full)
-            self._rows[key] = full
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+    def keep(self, row: dict) -> bool:
+        return isinstance(row.get("raw"), str)
 
 
 def default_grade_cache() -> Path:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import os
 import re
 import string
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bpo.errors import BpoError
-from bpo.io import AppendOnlyJsonl, read_jsonl, stable_hash
+from bpo.io import KeyedJsonlCache, stable_hash
 from bpo.paths import cache_dir, package_file
 from bpo.registry import Registry
 
@@ -169,38 +168,11 @@ def parse_verdict(reply: str) -> str:
     return m.group(1) if m else UNKNOWN
 
 
-class JudgeCache:
+class JudgeCache(KeyedJsonlCache):
     """A JSONL file of ``{"key", "verdict", "raw", ...}`` rows; appends are line-atomic."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._rows: dict[str, dict] = {}
-        self._writer: AppendOnlyJsonl | None = None
-        self._lock = threading.Lock()
-        if self.path.exists():
-            # A crash can leave a partial last line: skip it rather than refuse the whole cache.
-            for _, row in read_jsonl(self.path, skip_bad=True, errors=[]):
-                if isinstance(row.get("key"), str) and row.get("verdict") in VERDICTS:
-                    self._rows[row["key"]] = row
-
-    def get(self, key: str) -> dict | None:
-        return self._rows.get(key)
-
-    def put(self, key: str, row: dict) -> None:
-        with self._lock:
-            if self._writer is None:
-                self._writer = AppendOnlyJsonl(self.path, id_key="key")
-            full = {"key": key, **row}
-            self._writer.append(full)
-            self._rows[key] = full
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def keep(self, row: dict) -> bool:
+        return row.get("verdict") in VERDICTS
 
 
 def default_cache_path() -> Path:
