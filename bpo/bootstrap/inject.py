@@ -16,7 +16,8 @@ and no negative.
 
 Backends (registry ``INJECT_BACKENDS``): ``self`` = the MLLM's own language model without the image
 (default, as in the paper), ``hf`` = any local causal LM, ``openai`` = an OpenAI-compatible chat
-endpoint (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``; the key is never printed or stored).
+endpoint (``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``; the key is never printed or stored),
+``rules`` = offline rule-based edits over an object vocabulary (:mod:`bpo.bootstrap.rules`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ INJECT_BACKENDS = Registry("injection backend")
 INJECT_BACKENDS.register("self", "bpo.bootstrap.inject:self_backend")
 INJECT_BACKENDS.register("hf", "bpo.bootstrap.inject:hf_backend")
 INJECT_BACKENDS.register("openai", "bpo.bootstrap.inject:openai_backend")
+INJECT_BACKENDS.register("rules", "bpo.bootstrap.rules:rules_backend")
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="Error injection: a language model rewrites the chosen answer.")
     add_generation_args(i, **DEFAULTS["inject"], max_new_tokens=256, model_required=False, image_root=False)
     g = i.add_argument_group("injection")
-    g.add_argument("--backend", default="self", choices=("self", "hf", "openai"),
+    g.add_argument("--backend", default="self", choices=("self", "hf", "openai", "rules"),
                    help="self = --model's own language model, text only (default); hf = a local causal LM "
                         "(--lm); openai = an OpenAI-compatible endpoint (--lm model name; OPENAI_BASE_URL, "
-                        "OPENAI_API_KEY from the environment)")
-    g.add_argument("--lm", help="causal LM path/id (backend hf) or served model name (backend openai)")
+                        "OPENAI_API_KEY from the environment); rules = offline object/count/colour/relation "
+                        "edits (--lm VOCAB.json, COCO objects when omitted)")
+    g.add_argument("--lm", help="causal LM path/id (backend hf), served model name (backend openai) or object "
+                                "vocabulary JSON (backend rules)")
     g.add_argument("--template", default="zero_shot", choices=("zero_shot", "few_shot"),
                    help="zero_shot: rewrite a description (paper default); few_shot: question + answer with "
                         "one worked example per error type")
@@ -170,7 +172,8 @@ def _inject(args) -> int:
         backend = INJECT_BACKENDS.get(args.backend)(
             settings=settings, model=args.model, lm=args.lm, engine=args.engine, dtype=args.dtype,
             adapter=args.adapter, batch_size=args.batch_size, device=device)
-        name = args.model if args.backend == "self" else args.lm
+        name = args.model if args.backend == "self" else (args.lm or "coco") if args.backend == "rules" \
+            else args.lm
         return InjectGenerator(backend, model=name, template=args.template, retries=args.retries)
 
     return run_generator(args, build, "bootstrap inject")
