@@ -48,7 +48,11 @@ class RuleBackend:
         self.settings = settings
         self.vocab = load_vocabulary(vocab_path)
         self.vocab_name = vocab_path or "coco"
-        self._count_re, self._colour_re, self._rel_re = (_word_re(COUNTS), _word_re(COLOURS),
+        # A custom vocabulary (e.g. a closed toy world) names its own colours: stay inside them, so an
+        # edit never introduces a word the model's tokenizer cannot spell.
+        named = {w for phrase in self.vocab.objects for w in phrase.split()}
+        self.colours = [c for c in COLOURS if c in named] if vocab_path and named & set(COLOURS) else COLOURS
+        self._count_re, self._colour_re, self._rel_re = (_word_re(COUNTS), _word_re(self.colours),
                                                          _word_re(RELATIONS))
 
     def edits(self, answer: str, rng: random.Random) -> list[str]:
@@ -59,7 +63,7 @@ class RuleBackend:
             j = min(len(COUNTS) - 1, i + 1) if i == 0 or rng.random() < 0.5 else i - 1
             out["count"].append(answer[:m.start()] + _match_case(m.group(1), COUNTS[j]) + answer[m.end():])
         for m in self._colour_re.finditer(answer):
-            other = rng.choice([c for c in COLOURS if c != m.group(1).lower()])
+            other = rng.choice([c for c in self.colours if c != m.group(1).lower()] or [m.group(1)])
             out["attribute"].append(answer[:m.start()] + _match_case(m.group(1), other) + answer[m.end():])
         for m in self._rel_re.finditer(answer):
             flip = RELATIONS[m.group(1).lower()]

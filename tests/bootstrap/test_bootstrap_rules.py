@@ -26,6 +26,8 @@ def test_plural_object_kept_plural_with_custom_vocab(tmp_path):
     b = RuleBackend(SamplingSettings(seed=0), str(vocab))
     edits = b.edits("two red circles .", random.Random(0))
     assert "two blue squares ." in edits
+    # colour edits stay inside the vocabulary's colours (red <-> blue here)
+    assert "two blue circles ." in edits and not any("green" in e or "orange" in e for e in edits)
 
 
 def test_deterministic_and_attempt_dependent():
