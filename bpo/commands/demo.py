@@ -24,6 +24,8 @@ def build_parser():
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny DPO smoke run only (seconds)")
     p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
+    p.add_argument("--seeds", type=int, default=1, help="toy demo: run seeds 0..N-1 and report mean +- std")
+    p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
     return p
 
 
@@ -78,8 +80,6 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if args.quick:
         return run_quick(out, args.steps)
-    try:
-        from bpo.toy import pipeline
-    except ImportError:
-        return run_quick(out, args.steps)
+    from bpo.toy import pipeline
+
     return pipeline.main(args, out)
