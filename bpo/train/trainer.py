@@ -60,6 +60,9 @@ class Trainer:
         self._load_model()
         self._load_data()
         self._build_optimizer()
+        from bpo.train.ref_cache import build_reference_cache
+
+        self.ref_cache = build_reference_cache(self)  # pi_ref once, on disk; None when run.ref_cache=off
         return self
 
     def _load_model(self):
@@ -133,11 +136,16 @@ class Trainer:
 
     # ---- one micro-batch -------------------------------------------------------------------------
     def _logps(self, model, examples):
-        from bpo.models.logprobs import example_logps
+        from bpo.models.shared_prefix import LogpsPath
 
-        return example_logps(model, examples, self.processor.tokenizer.pad_token_id)
+        if getattr(self, "_logps_path", None) is None:  # shared prompt prefix, or plain rows (run.fast_path)
+            self._logps_path = LogpsPath(self.cfg.run.fast_path, log=self.log)
+        return self._logps_path(model, examples, self.processor.tokenizer.pad_token_id)
 
     def _reference_logps(self, examples):
+        cache = getattr(self, "ref_cache", None)
+        if cache is not None:
+            return cache.lookup(examples, device=self.acc.device)
         with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model) as ref:
             was_training = ref.training
             ref.eval()

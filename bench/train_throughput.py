@@ -1,0 +1,603 @@
+#!/usr/bin/env python
+"""Training throughput of ``bpo train`` vs TRL's ``DPOTrainer`` on one LLaVA-1.5-shaped model and data set.
+
+Not a unit test: a benchmark that takes a few minutes. What it does, in one invocation:
+
+1. builds (once, cached under ``--work``) a randomly initialised LLaVA (CLIP + Llama) shaped like
+   LLaVA-1.5 in proportion (many image tokens per prompt, a short question, responses ~30 tokens),
+   images, and preference records with 3 negatives each;
+2. checks that both trainers compute the same loss at step 0 with a reference that differs from the
+   policy (policy = base + a non-zero LoRA adapter, reference = base; same tokens);
+3. for K = 1 and K = 3, runs each trainer in a fresh subprocess, alternating (bpo, TRL, bpo + ref
+   cache, bpo plain path; repeated), and reports the medians of pairs/s, s/step and peak RSS (peak GPU
+   memory on CUDA). A K-negative example counts K pairs; TRL gets the K pairs expanded to rows (its
+   documented way) and a batch with the same number of pairs per step.
+
+Usage::
+
+    python bench/train_throughput.py                       # CPU size, prints the table
+    python bench/train_throughput.py --write               # ... and updates BENCHMARKS.md
+    python bench/train_throughput.py --size gpu --write    # larger model on a CUDA machine
+
+Same settings on both sides: fp32 on CPU (bf16 autocast on GPU), LoRA r=16/alpha=32/dropout 0 on
+every Linear of the language model, AdamW, constant LR, grad clipping 1.0, no gradient
+checkpointing (TRL defaults to it: turned off here), no TRL precompute, same max_length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = {
+    # 112 px / patch 8 -> 196 image tokens; ~25 prompt text tokens; responses 25-40 tokens.
+    # One torch thread: the CPU box is shared, and 2 OpenMP threads on 2 oversubscribed cores made a
+    # step 10x slower and erratic; CPU seconds per step are reported next to wall time for the same reason.
+    "cpu": dict(image_size=112, patch_size=8, hidden=256, layers=4, vision_hidden=128, records=24, batch=4,
+                steps=9, warmup=2, repeats=3, precision="fp32", threads=1),
+    # LLaVA-1.5's own 336 px / patch 14 -> 576 image tokens, a 1024-wide 8-layer decoder.
+    "gpu": dict(image_size=336, patch_size=14, hidden=1024, layers=8, vision_hidden=512, records=96, batch=8,
+                steps=12, warmup=2, repeats=3, precision="bf16", threads=None),
+}
+LORA = dict(r=16, alpha=32)
+MAX_LENGTH = 1024
+BETA = 0.1
+LR = 1e-4
+
+_WORDS = ("a photo of a dog on a couch . the cat sits near the window . two people ride bicycles in the park . "
+          "a red bus drives down the street next to a traffic light . there is a bowl of broccoli on the table . "
+          "the image shows a man holding an umbrella in the rain . the person in the picture is smiling .").split()
+_QUESTIONS = ["describe the image in detail .", "what is in the picture ?", "how many people are there ?",
+              "is there a horse ? describe the image ."]
+
+
+# ---- fixtures ------------------------------------------------------------------------------------------
+def prepare(work: Path, size: str) -> dict:
+    """Model, images, records (K = 3) and a non-zero LoRA adapter; built once per size."""
+    shape = SIZES[size]
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = work / "model"
+    if not (model_dir / "config.json").exists():
+        from bpo.models.tiny import build_tiny_llava
+
+        build_tiny_llava(model_dir, image_size=shape["image_size"], patch_size=shape["patch_size"],
+                         hidden=shape["hidden"], layers=shape["layers"], vision_hidden=shape["vision_hidden"])
+    data = work / "prefs_k3.jsonl"
+    if not data.exists():
+        _write_data(work, shape)
+    adapter = work / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        _write_adapter(model_dir, adapter)
+    return {"model": str(model_dir), "data": str(data), "images": str(work / "images"),
+            "adapter": str(adapter)}
+
+
+def _sentence(rng: random.Random, n_words: int) -> str:
+    start = rng.randrange(len(_WORDS))
+    return " ".join(_WORDS[(start + i) % len(_WORDS)] for i in range(n_words))
+
+
+def _write_data(work: Path, shape: dict) -> None:
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(0)
+    (work / "images").mkdir(exist_ok=True)
+    rows = []
+    for i in range(shape["records"]):
+        img = Image.new("RGB", (shape["image_size"] + 16, shape["image_size"]), tuple(rng.randrange(256)
+                                                                                      for _ in range(3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(4):
+            x, y = rng.randrange(shape["image_size"]), rng.randrange(shape["image_size"])
+            draw.rectangle([x, y, x + 20, y + 20], fill=tuple(rng.randrange(256) for _ in range(3)))
+        img.save(work / "images" / f"{i}.png")
+        prompt = [{"role": "user", "content": [{"type": "image"},
+                                               {"type": "text", "text": rng.choice(_QUESTIONS)}]}]
+        rows.append({"id": f"b{i}", "images": [f"{i}.png"], "prompt": prompt,
+                     "chosen": _sentence(rng, rng.randint(12, 20)),
+                     "rejected": [{"text": _sentence(rng, rng.randint(12, 20)), "source": s}
+                                  for s in ("weakened", "injected", "weakened")]})
+    with open(work / "prefs_k3.jsonl", "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _lora_targets(model) -> list[str]:
+    from bpo.train.modeling import lora_target_modules
+
+    return lora_target_modules(model, ["all-linear"])
+
+
+def _write_adapter(model_dir: Path, out: Path) -> None:
+    """A LoRA adapter with non-zero B, so policy (base + adapter) and reference (base) differ at step 0."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bpo.models.loading import load_model
+
+    model = load_model(str(model_dir))
+    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, bias="none",
+                     target_modules=_lora_targets(model))
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    peft_model.save_pretrained(out)
+
+
+def subset_k(data: str, k: int, work: Path) -> str:
+    """The same records with their first ``k`` negatives."""
+    out = work / f"prefs_k{k}.jsonl"
+    if k != 3 and not out.exists():
+        rows = [json.loads(line) for line in open(data)]
+        for r in rows:
+            r["rejected"] = r["rejected"][:k]
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(out if k != 3 else data)
+
+
+# ---- the two trainers ----------------------------------------------------------------------------------
+def bpo_config(fx: dict, data: str, out: str, *, batch: int, steps: int, precision: str, extra=()):
+    from bpo.config import load_config
+    from bpo.train.config import TrainConfig
+
+    return load_config(TrainConfig, None, [
+        f"model.name={fx['model']}", f"data.train={data}", f"data.image_root={fx['images']}",
+        f"data.max_length={MAX_LENGTH}", f"run.output_dir={out}", f"run.batch_size={batch}",
+        f"run.max_steps={steps}", f"run.precision={precision}", "run.progress=false", "run.tensorboard=false",
+        "run.resume=none", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", "lora.dropout=0.0",
+        f"optim.lr={LR}", "optim.warmup_steps=0", "optim.scheduler=constant", f"loss.beta={BETA}", *extra])
+
+
+def trl_rows(fx: dict, data: str, processor) -> list[dict]:
+    """TRL's non-conversational vision format, rendered with the same template and end-of-turn token.
+
+    The prompt is the exact string bpo renders; each completion is the text plus the template's
+    end-of-turn token text, so both tokenise to the same ids (checked in ``check``).
+    """
+    from PIL import Image
+
+    from bpo.data.records import read_records
+    from bpo.models.encoding import end_of_turn_ids, render_prompt
+
+    eot = processor.tokenizer.decode(end_of_turn_ids(processor))
+    rows = []
+    for rec in read_records(data):
+        prompt = render_prompt(processor, rec.prompt)
+        image = Image.open(os.path.join(fx["images"], rec.images[0])).convert("RGB")
+        for neg in rec.rejected:  # K pairs -> K rows
+            rows.append({"images": [image], "prompt": prompt, "chosen": rec.chosen + eot,
+                         "rejected": neg.text + eot})
+    return rows
+
+
+def trl_trainer(fx: dict, data: str, out: str, *, batch_pairs: int, steps: int, precision: str,
+                adapter: bool = False, callbacks=()):
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import LlavaForConditionalGeneration
+    from trl import DPOConfig, DPOTrainer
+
+    from bpo.models.loading import load_processor
+
+    processor = load_processor(fx["model"])
+    rows = trl_rows(fx, data, processor)
+    dataset = Dataset.from_list(rows)
+    model = LlavaForConditionalGeneration.from_pretrained(fx["model"], dtype=torch.float32)
+    args = DPOConfig(output_dir=out, per_device_train_batch_size=batch_pairs, max_steps=steps, learning_rate=LR,
+                     lr_scheduler_type="constant", warmup_steps=0, beta=BETA, max_length=MAX_LENGTH,
+                     gradient_checkpointing=False, bf16=precision == "bf16", logging_steps=10_000,
+                     save_strategy="no", report_to="none", disable_tqdm=True, seed=0, max_grad_norm=1.0,
+                     dataloader_num_workers=0, use_cpu=not torch.cuda.is_available())
+    kwargs = {}
+    if adapter:  # policy = base + adapter; reference = a separate base model (not a copy of the adapter)
+        model = PeftModel.from_pretrained(model, fx["adapter"], is_trainable=True)
+        kwargs["ref_model"] = LlavaForConditionalGeneration.from_pretrained(fx["model"], dtype=torch.float32)
+    else:
+        kwargs["peft_config"] = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, bias="none",
+                                           target_modules=_lora_targets(model))
+    return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                      callbacks=list(callbacks), **kwargs), rows
+
+
+# ---- worker processes ----------------------------------------------------------------------------------
+def _now() -> tuple[float, float]:
+    """(wall, CPU seconds of this process): CPU time is what a shared, loaded machine does not distort."""
+    return time.perf_counter(), time.process_time()
+
+
+def _threads(job: dict) -> None:
+    import torch
+
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
+
+
+def _peak_memory_mib() -> dict:
+    import resource
+
+    import torch
+
+    out = {"rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        out["gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def worker_bpo(job: dict) -> dict:
+    import torch
+
+    _threads(job)
+
+    from bpo.train import ref_cache
+    from bpo.train.trainer import Trainer
+
+    fx, shape = job["fx"], SIZES[job["size"]]
+    extra = [f"run.fast_path={job['fast_path']}", f"run.ref_cache='{job['ref_cache']}'"]
+    cfg = bpo_config(fx, job["data"], job["out"], batch=shape["batch"], steps=shape["steps"],
+                     precision=shape["precision"], extra=extra)
+    stamps: list[float] = []
+    real_step = Trainer._optimizer_step
+
+    def timed_step(self):
+        value = real_step(self)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        stamps.append(_now())
+        return value
+
+    Trainer._optimizer_step = timed_step
+    prepass = {"s": 0.0}
+    real_build = ref_cache.build_reference_cache
+
+    def timed_build(trainer):
+        t = time.perf_counter()
+        cache = real_build(trainer)
+        prepass["s"] = time.perf_counter() - t
+        prepass["computed"] = cache.computed if cache is not None else 0
+        return cache
+
+    ref_cache.build_reference_cache = timed_build
+    t0 = time.perf_counter()
+    tr = Trainer(cfg, log=lambda *_: None).setup()
+    setup_s = time.perf_counter() - t0
+    stamps.append(_now())
+    tr.train()
+    return {"stamps": stamps[1:], "start": stamps[0], "setup_s": setup_s, "prepass_s": prepass["s"],
+            "prepass_computed": prepass.get("computed", 0), **_peak_memory_mib()}
+
+
+def worker_trl(job: dict) -> dict:
+    import torch
+
+    _threads(job)
+    from transformers import TrainerCallback
+
+    fx, shape = job["fx"], SIZES[job["size"]]
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            stamps.append(_now())
+
+        def on_step_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            stamps.append(_now())
+
+    t0 = time.perf_counter()
+    trainer, _ = trl_trainer(fx, job["data"], job["out"], batch_pairs=shape["batch"] * job["k"],
+                             steps=shape["steps"], precision=shape["precision"], callbacks=[Stamp()])
+    setup_s = time.perf_counter() - t0
+    trainer.train()
+    return {"stamps": stamps[1:], "start": stamps[0], "setup_s": setup_s, **_peak_memory_mib()}
+
+
+def worker_check(job: dict) -> dict:
+    """Step-0 loss of both trainers on the same first batch, policy = base + adapter, reference = base."""
+    import torch
+
+    _threads(job)
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from bpo.train.metrics import StepStats
+    from bpo.train.trainer import Trainer
+
+    fx, k = job["fx"], job["k"]
+    torch.manual_seed(0)
+    n_ex = 2
+    extra = ["run.ref_cache='off'", "loss.reduction=mean"]  # mean over K = TRL's mean over K rows
+    tr = Trainer(bpo_config(fx, job["data"], job["out"] + "-bpo", batch=n_ex, steps=1, precision="fp32",
+                            extra=extra), log=lambda *_: None).setup()
+    weights = load_file(os.path.join(fx["adapter"], "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(tr.policy, weights)
+    assert not [m for m in result.unexpected_keys if "lora" in m], result.unexpected_keys
+    examples = tr.examples[:n_ex]
+    bpo_loss = float(tr.micro_step(examples, StepStats()))
+
+    trainer, rows = trl_trainer(fx, job["data"], job["out"] + "-trl", batch_pairs=n_ex * k, steps=1,
+                                precision="fp32", adapter=True)
+    batch = trainer.data_collator([dict(r) for r in rows[: n_ex * k]])
+    # same tokens: every TRL row (prompt + completion, padding removed) is a bpo row
+    bpo_rows = {tuple(ex.prompt_ids + resp) for ex in examples for resp in ex.response_ids}
+    trl_seqs = {tuple(ids[m.bool()].tolist()) for ids, m in zip(batch["input_ids"], batch["attention_mask"])}
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(trainer.model, trainer._prepare_inputs(batch)))
+    # real (unpadded) tokens the language model sees per pass over the whole data set
+    shared = sum(len(ex.prompt_ids) + sum(map(len, ex.response_ids)) for ex in tr.examples)
+    trl_tokens = sum(2 * len(ex.prompt_ids) + len(ex.response_ids[0]) + len(r)
+                     for ex in tr.examples for r in ex.response_ids[1:])
+    return {"bpo_loss": bpo_loss, "trl_loss": trl_loss, "same_tokens": trl_seqs <= bpo_rows,
+            "n_rows": len(trl_seqs), "token_ratio": trl_tokens / shared}
+
+
+WORKERS = {"bpo": worker_bpo, "trl": worker_trl, "check": worker_check}
+
+
+def run_worker(job: dict, env: dict) -> dict:
+    """One measured run in a fresh interpreter, so ru_maxrss is this run's own peak."""
+    cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"worker failed: {job['kind']} K={job.get('k')}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# ---- driver -------------------------------------------------------------------------------------------
+VARIANTS = [  # (label, kind, fast_path, ref_cache)
+    ("bpo", "bpo", "auto", "off"),
+    ("TRL DPOTrainer", "trl", None, None),
+    ("bpo + ref cache", "bpo", "auto", "auto"),
+    ("bpo plain rows", "bpo", "plain", "off"),
+]
+
+
+def step_times(run: dict, warmup: int, which: int) -> list[float]:
+    """Per-step durations (which = 0: wall, 1: CPU seconds) after ``warmup`` steps."""
+    stamps = [run["start"]] + run["stamps"]
+    return [b[which] - a[which] for a, b in zip(stamps, stamps[1:])][warmup:]
+
+
+def summarise(runs: list[dict], warmup: int) -> dict:
+    wall = [statistics.median(step_times(r, warmup, 0)) for r in runs]
+    cpu = [statistics.median(step_times(r, warmup, 1)) for r in runs]
+    mem = "gpu_mib" if "gpu_mib" in runs[0] else "rss_mib"
+    return {"s_per_step": statistics.median(wall), "cpu_per_step": statistics.median(cpu), "runs": wall,
+            "cpu_runs": cpu,
+            "peak_mib": statistics.median(r[mem] for r in runs), "mem_kind": mem,
+            "setup_s": statistics.median(r["setup_s"] for r in runs),
+            "prepass_s": max(r.get("prepass_s", 0.0) for r in runs)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--repeats", type=int, help="alternating repeats per variant (default: per size)")
+    p.add_argument("--variants", nargs="+", help="subset of: " + ", ".join(v[0] for v in VARIANTS))
+    p.add_argument("--threads", type=int, help="torch threads per run (default: 1 on the CPU size)")
+    p.add_argument("--work", help="where the model, data and runs go (default: BPO_HOME/bench/...)")
+    p.add_argument("--write", action="store_true", help="update the '## Training throughput' section of "
+                                                        "BENCHMARKS.md")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        job = json.loads(args.worker)
+        print("RESULT " + json.dumps(WORKERS[job["kind"]](job)), flush=True)
+        return 0
+
+    from bpo.paths import cache_dir
+
+    shape = SIZES[args.size]
+    work = Path(args.work) if args.work else cache_dir("bench") / f"train_throughput-{args.size}"
+    fx = prepare(work, args.size)
+    env = dict(os.environ, BPO_HOME=str(work / "home"), TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    import shutil
+
+    shutil.rmtree(work / "home" / "ref_logps", ignore_errors=True)  # the first cached run pays the pre-pass
+    variants = [v for v in VARIANTS if not args.variants or v[0] in args.variants]
+    repeats = args.repeats or shape["repeats"]
+    threads = args.threads or shape["threads"]
+    t_start, load0 = time.perf_counter(), os.getloadavg()[0]
+    checks, results = {}, {}
+    for k in args.k:
+        data = subset_k(fx["data"], k, work)
+        checks[k] = run_worker({"kind": "check", "fx": fx, "size": args.size, "k": k, "data": data,
+                                "out": str(work / "runs" / f"check-k{k}"), "threads": threads}, env)
+        print(f"K={k} step-0 loss: bpo {checks[k]['bpo_loss']:.6f}  TRL {checks[k]['trl_loss']:.6f}  "
+              f"same tokens: {checks[k]['same_tokens']}", flush=True)
+        runs: dict[str, list] = {v[0]: [] for v in variants}
+        for rep in range(repeats):
+            for label, kind, fast, cache in variants:
+                job = {"kind": kind, "fx": fx, "size": args.size, "k": k, "data": data, "fast_path": fast,
+                       "ref_cache": cache, "out": str(work / "runs" / f"{kind}-k{k}-{rep}"), "threads": threads}
+                r = run_worker(job, env)
+                runs[label].append(r)
+                print(f"  K={k} rep {rep} {label}: {statistics.median(step_times(r, shape['warmup'], 0)):.3f} "
+                      f"s/step, {statistics.median(step_times(r, shape['warmup'], 1)):.3f} CPU-s/step", flush=True)
+        results[k] = {label: summarise(rs, shape["warmup"]) for label, rs in runs.items()}
+    table = format_table(results, shape)
+    total = time.perf_counter() - t_start
+    text = format_section(table, checks, results, shape, args, total, (load0, os.getloadavg()[0]))
+    print(text)
+    if args.write:
+        write_section(ROOT / "BENCHMARKS.md", text)
+    return 0 if all(check_ok(c) for c in checks.values()) else 1
+
+
+def format_table(results: dict, shape: dict) -> str:
+    lines = ["| K | trainer | pairs/step | s/step | pairs/s | vs TRL | CPU s/step | vs TRL (CPU) | "
+             "peak memory MiB | vs TRL |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for k, by_label in results.items():
+        trl = by_label.get("TRL DPOTrainer")
+        for label, s in by_label.items():
+            pairs = shape["batch"] * k
+            rate = pairs / s["s_per_step"]
+            ratio = f"{trl['s_per_step'] / s['s_per_step']:.2f}x" if trl else "-"
+            cpu_ratio = f"{trl['cpu_per_step'] / s['cpu_per_step']:.2f}x" if trl else "-"
+            mem_ratio = f"{s['peak_mib'] / trl['peak_mib']:.2f}x" if trl else "-"
+            kind = "GPU" if s["mem_kind"] == "gpu_mib" else "RSS"
+            lines.append(f"| {k} | {label} | {pairs} | {s['s_per_step']:.3f} | {rate:.1f} | {ratio} | "
+                         f"{s['cpu_per_step']:.3f} | {cpu_ratio} | {s['peak_mib']:.0f} ({kind}) | {mem_ratio} |")
+    return "\n".join(lines)
+
+
+LEGEND = {
+    "bpo": "- *bpo*: shared prompt prefix (`run.fast_path=auto`), a reference forward every step "
+           "(`run.ref_cache=off`).",
+    "bpo + ref cache": "- *bpo + ref cache*: the same with `run.ref_cache=auto`; its one-off pre-pass ({prepass}) "
+                       "runs in setup,\n  before the timed steps, and is reused by every later run on the same "
+                       "model and data.",
+    "bpo plain rows": "- *bpo plain rows*: `run.fast_path=plain`, one row per response as in TRL: bpo without "
+                      "prefix sharing.",
+}
+
+
+def check_ok(c: dict) -> bool:
+    return abs(c["bpo_loss"] - c["trl_loss"]) <= 1e-4 and c["same_tokens"]
+
+
+def target_lines(results: dict) -> list[str]:
+    """The issue's targets, with the measured ratio (wall / CPU time) and whether it is met."""
+    out = []
+
+    def ratio(k, num, den, key):
+        r = results.get(k, {})
+        return r[den][key] / r[num][key] if num in r and den in r else None
+
+    def spread(k, num, den):
+        # runs alternate, so repeat i of one variant ran next to repeat i of the other
+        r = results.get(k, {})
+        pairs = [d / n for n, d in zip(r[num]["cpu_runs"], r[den]["cpu_runs"])]
+        return f"; CPU-time ratio per repeat {min(pairs):.2f}-{max(pairs):.2f}x"
+
+    def line(what, goal, wall, cpu, extra=""):
+        if wall is None:
+            return
+        ok = "met" if min(wall, cpu) >= goal else ("met on CPU time" if cpu >= goal else "MISSED")
+        out.append(f"- {what}: {wall:.2f}x wall, {cpu:.2f}x CPU time (target >= {goal}x): {ok}{extra}")
+
+    for k, goal in ((1, 1.8), (3, 3.0)):
+        if "bpo" in results.get(k, {}) and "TRL DPOTrainer" in results.get(k, {}):
+            line(f"K={k} bpo vs TRL pairs/s", goal, ratio(k, "bpo", "TRL DPOTrainer", "s_per_step"),
+                 ratio(k, "bpo", "TRL DPOTrainer", "cpu_per_step"), spread(k, "bpo", "TRL DPOTrainer"))
+    for k in results:
+        if "bpo" in results[k] and "bpo + ref cache" in results[k]:
+            line(f"K={k} ref cache on top of bpo", 1.3, ratio(k, "bpo + ref cache", "bpo", "s_per_step"),
+                 ratio(k, "bpo + ref cache", "bpo", "cpu_per_step"), spread(k, "bpo + ref cache", "bpo"))
+    for k, r in results.items():
+        if "bpo" in r and "TRL DPOTrainer" in r:
+            m = r["bpo"]["peak_mib"] / r["TRL DPOTrainer"]["peak_mib"]
+            out.append(f"- K={k} peak memory bpo / TRL: {m:.2f} (target <= 1): {'met' if m <= 1 else 'MISSED'}")
+    return out
+
+
+def format_section(table: str, checks: dict, results: dict, shape: dict, args, total: float, load: tuple) -> str:
+    import platform
+
+    import torch
+    import transformers
+    import trl
+
+    extra = "".join(f" --{name} {getattr(args, name)}" for name in ("size", "repeats", "threads")
+                    if getattr(args, name) not in (None, "cpu"))
+    if args.k != [1, 3]:
+        extra += " --k " + " ".join(map(str, args.k))
+    if args.variants:
+        extra += " --variants " + " ".join(f'"{v}"' for v in args.variants)
+    cmd = f"python bench/train_throughput.py{extra} --write"
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    threads = args.threads or shape["threads"] or torch.get_num_threads()
+    n_img = (shape["image_size"] // shape["patch_size"]) ** 2
+    check_lines = "\n".join(f"- K={k}: bpo {c['bpo_loss']:.6f}, TRL {c['trl_loss']:.6f}, |diff| "
+                            f"{abs(c['bpo_loss'] - c['trl_loss']):.1e}, same token ids: {c['same_tokens']}: "
+                            f"{'agree' if check_ok(c) else 'DISAGREE'}" for k, c in checks.items())
+    prepass = "; ".join(f"K={k}: {r['bpo + ref cache']['prepass_s']:.1f} s" for k, r in results.items()
+                        if "bpo + ref cache" in r)
+    targets = "\n".join(target_lines(results))
+    labels = {label for r in results.values() for label in r}
+    legend = "\n".join(text.format(prepass=prepass) for label, text in LEGEND.items() if label in labels)
+    tokens = "; ".join(f"K={k}: {c['token_ratio']:.2f}x" for k, c in checks.items())
+    return f"""### {args.size.upper()} size
+
+Command: `{cmd}` ({total / 60:.1f} min in all; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end).
+
+- Model: randomly initialised LLaVA, CLIP {shape['image_size']} px / patch {shape['patch_size']} = {n_img} image \
+tokens per prompt, Llama hidden {shape['hidden']} x {shape['layers']} layers; {shape['records']} records with one \
+image, a short question, responses of 12-20 words (~25-40 tokens).
+- Same for both: LoRA r={LORA['r']}, alpha={LORA['alpha']}, dropout 0 on every Linear of the language model; \
+precision {shape['precision']}; max_length {MAX_LENGTH}; AdamW, constant LR, clipping 1.0; no gradient \
+checkpointing; no TRL precompute. bpo: {shape['batch']} examples per step; TRL: the same {shape['batch']} x K \
+pairs per step, one row per pair.
+- Device: {device}; torch {torch.__version__} with {threads} thread(s), transformers \
+{transformers.__version__}, trl {trl.__version__}.
+- Medians of {args.repeats or shape['repeats']} alternating runs (bpo, TRL, bpo + ref cache, bpo plain), each \
+in a fresh process, {shape['steps'] - shape['warmup']} timed steps after {shape['warmup']} warm-up steps. Peak \
+memory: `ru_maxrss` of the run's process (CPU) or `torch.cuda.max_memory_allocated` (GPU).
+
+{table}
+
+{legend}
+
+Targets (ratios in this run):
+{targets}
+
+Token arithmetic: TRL's rows hold more real (unpadded) tokens than bpo's shared prefixes and responses
+({tokens}); that is what prefix sharing can save in the language model's matrix products. Attention over
+shorter rows and TRL's per-step image processing add a little on top, padding takes a little away. At K = 1
+this ceiling sits right at the 1.8x target: with a prompt P of mostly image tokens and responses L ~ P/6 (LLaVA-1.5
+proportions), 2(P + L) / (P + 2L) ~ 1.75, so the K = 1 ratio lands on either side of 1.8x from run to run on a
+shared machine. The reference cache is what takes K = 1 well past it.
+
+Step-0 loss with policy = base + non-zero LoRA and reference = base (must agree within 1e-4):
+{check_lines}
+"""
+
+
+SECTION = "## Training throughput"
+INTRO = ("Written by `bench/train_throughput.py --write` (one subsection per size; what it measures: "
+         "[bench/README.md](bench/README.md), the techniques: [docs/performance.md](docs/performance.md)).\n")
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace this size's subsection of '## Training throughput'; other sections are not ours."""
+    from bpo.io import atomic_write
+
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        old, start = old.rstrip("\n") + "\n\n" + SECTION + "\n\n" + INTRO, len(old.rstrip("\n")) + 2
+    end = old.find("\n## ", start + 1)
+    end = len(old) if end < 0 else end + 1
+    section = old[start:end]
+    title = text.split("\n", 1)[0]
+    sub = section.find(title + "\n")
+    if sub < 0:
+        section = section.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = section.find("\n### ", sub + 1)
+        section = section[:sub] + text + ("" if nxt < 0 else "\n" + section[nxt + 1:])
+    new = old[:start] + section.rstrip("\n") + "\n" + ("\n" + old[end:] if end < len(old) else "")
+    with atomic_write(path) as fh:
+        fh.write(new)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
