@@ -107,8 +107,12 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
             hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
             raise BpoError(f"unknown config key {prefix + key!r}{hint}")
         f = fields[key]
-        val = _coerce(value, hints[key], prefix + key)
         choices = f.metadata.get("choices")
+        if isinstance(value, bool) and choices and _strip_optional(hints[key])[0] is str:
+            # YAML reads `off`/`on`/`no`/`yes` as booleans; a string option with such a choice means the word.
+            words = ("off", "false", "no") if not value else ("on", "true", "yes")
+            value = next((c for c in choices if str(c).lower() in words), value)
+        val = _coerce(value, hints[key], prefix + key)
         if choices and val is not None and val not in choices:
             raise BpoError(f"config key {prefix + key!r}: {val!r} is not one of {', '.join(map(str, choices))}")
         kwargs[key] = val

@@ -10,6 +10,15 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Tiny models on a 2-core CI box: thread hand-offs cost more than they save, and tests run beside
+    # other processes. One thread also makes timings and results steadier.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_bpo_home(tmp_path_factory, monkeypatch):
     # Caches (reference log-probs, judge answers, toy models) must not leak between tests or into ~.

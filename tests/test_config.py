@@ -21,6 +21,8 @@ def test_overrides_are_typed_and_nested():
     assert cfg.data.sources == ["weakened", "injected"]
     assert cfg.loss.source_weights == {"weakened": 1.0, "injected": 0.5}
     assert parse_overrides(["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+    # YAML turns `off` into False; a string option whose choices include "off" gets the word back
+    assert load_config(TrainConfig, None, ["run.ref_cache=off"]).run.ref_cache == "off"
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -63,6 +63,10 @@ class Trainer:
         from bpo.train.ref_cache import build_reference_cache
 
         self.ref_cache = build_reference_cache(self)  # pi_ref once, on disk; None when run.ref_cache=off
+        if self.ref_cache is not None and self.ref_model is not None:
+            # Every reference log-prob is on disk now: the frozen copy of full fine-tuning is dead weight.
+            self.ref_model = None
+            self.log("reference cache complete: freed the frozen reference copy")
         return self
 
     def _load_model(self):

@@ -119,12 +119,16 @@ def test_reference_keeps_original_projector(tiny_llava, pref_file, image_root, t
 
 def test_full_finetune_and_sft(tiny_llava, pref_file, image_root, tmp_path):
     tr = Trainer(make_cfg(tiny_llava, pref_file, image_root, tmp_path / "full", "run.max_steps=2", "lora.enabled=false",
-                          "optim.lr=1e-3"), log=lambda *_: None).setup()
-    assert tr.ref_model is not None
+                          "optim.lr=1e-3", "run.ref_cache=off"), log=lambda *_: None).setup()
+    assert tr.ref_model is not None  # without the cache, full fine-tuning keeps a frozen copy
     vision_trainable = [n for n, p in tr.policy.named_parameters() if "vision_tower" in n and p.requires_grad]
     assert not vision_trainable
     tr.train()
     assert (tmp_path / "full" / "model" / "config.json").exists()
+    cached = Trainer(make_cfg(tiny_llava, pref_file, image_root, tmp_path / "full2", "run.max_steps=1",
+                              "lora.enabled=false"), log=lambda *_: None).setup()
+    assert cached.ref_cache is not None and cached.ref_model is None  # freed: the cache has every value
+    cached.train()
     sft = Trainer(make_cfg(tiny_llava, pref_file, image_root, tmp_path / "sft", "run.max_steps=3", "loss.type=sft"),
                   log=lambda *_: None).setup()
     sft.train()
