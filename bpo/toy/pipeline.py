@@ -22,7 +22,8 @@ from bpo.errors import BpoError
 @dataclass
 class DemoConfig:
     n_train: int = 256  # chosen-only records to bootstrap from
-    n_eval: int = 100  # eval images (CHAIR) and their POPE questions
+    n_eval: int = 100  # eval images for CHAIR, the prior pull and the noise sweep
+    n_pope: int = 40  # eval images whose POPE questions are asked (3 splits x ~4 questions each)
     weaken_step: int = 500
     train_steps: int = 60
     batch_size: int = 16
@@ -36,7 +37,7 @@ class DemoConfig:
     pretrain_overrides: dict = field(default_factory=dict)
 
 
-FAST = dict(n_train=32, n_eval=16, train_steps=4, batch_size=8, max_new_tokens=12, noise_steps=(0, 500),
+FAST = dict(n_train=32, n_eval=16, n_pope=8, train_steps=4, batch_size=8, max_new_tokens=12, noise_steps=(0, 500),
             pretrain_overrides=dict(vision_steps=20, text_sentences=400, text_epochs=1.0, align_images=64,
                                     align_projector_steps=5, align_steps=20, align_stop_chair=None,
                                     heldout_images=16, align_eval_every=10))
@@ -98,6 +99,12 @@ class SeedRun:
 
         self.world = load_world(self.model)
         self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval)
+        # POPE on the first n_pope eval images (its questions are ~12x the images: the slow part of evaluation)
+        from bpo.data.records import read_records, write_records
+
+        keep = {f"eval-{i:06d}" for i in range(self.cfg.n_pope)}
+        self.pope = self.out / "data" / "pope_subset.jsonl"
+        write_records(self.pope, [r for r in read_records(self.data.pope) if r.id.rsplit("-", 2)[0] in keep])
 
     def bootstrap(self):
         d, c, m = self.data, self.cfg, self.model
@@ -136,8 +143,8 @@ class SeedRun:
             "--max-new-tokens", c.max_new_tokens)
         bpo("eval", "chair", "--responses", ev / "chair_responses.jsonl", "--gt", d.chair, "--vocab", d.vocab,
             "--out", ev / "chair.json", "--model", self.model, *(["--adapter", adapter] if adapter else []))
-        bpo("generate", "--data", d.pope, "--out", ev / "pope_responses.jsonl", *gen, "--max-new-tokens", 4)
-        bpo("eval", "pope", "--responses", ev / "pope_responses.jsonl", "--gt", d.pope, "--out", ev / "pope.json")
+        bpo("generate", "--data", self.pope, "--out", ev / "pope_responses.jsonl", *gen, "--max-new-tokens", 4)
+        bpo("eval", "pope", "--responses", ev / "pope_responses.jsonl", "--gt", self.pope, "--out", ev / "pope.json")
         chair = json.loads((ev / "chair.json").read_text())["metrics"]
         pope = json.loads((ev / "pope.json").read_text())["metrics"]
         model, processor = load(str(self.model), adapter=str(adapter) if adapter else None)
@@ -243,8 +250,10 @@ def check_claims(seed_results: list[dict], out: Path) -> list[dict]:
     if "bpo_weakened" in seed_results[0]["results"]:
         ci, rec = per_seed("bpo_weakened", "CHAIR_i"), per_seed("bpo_weakened", "recall")
         rel = [(b - x) / b if b else float("nan") for x, b in zip(ci, base_ci)]
-        rec_ok = [abs(r - b) <= 0.1 * b for r, b in zip(rec, base_rec)]
-        claims.append({"claim": "(b) BPO cuts CHAIR_i by >= 30% vs base with recall within 10% of base",
+        # "Within 10%" guards against the known failure (saying less to hallucinate less): recall may not
+        # fall more than 10% below the base; a rise is not a failure.
+        rec_ok = [r >= 0.9 * b for r, b in zip(rec, base_rec)]
+        claims.append({"claim": "(b) BPO cuts CHAIR_i by >= 30% vs base while recall stays >= 90% of base",
                        "numbers": "relative CHAIR_i cut per seed: " + ", ".join(f"{x:.0%}" for x in rel)
                                   + "; recall BPO vs base: " + ", ".join(f"{r:.3f}/{b:.3f}" for r, b in
                                                                          zip(rec, base_rec)),

@@ -1,0 +1,109 @@
+"""The toy model: a real ``LlavaForConditionalGeneration`` with a word-level tokenizer over the world.
+
+Everything after pretraining loads it with ``bpo.models.loading.load(path)``, exactly as it would
+load ``llava-hf/llava-1.5-7b-hf``: same chat template shape (``USER: <image>\\n... ASSISTANT:``),
+same processor class, same image-token expansion. Only the sizes are tiny.
+
+The config is built here rather than with :func:`bpo.models.tiny.build_tiny_llava` because the toy
+needs knobs that builder fixes (vision depth and heads, ``vision_feature_layer``): with a one- or
+two-layer vision tower LLaVA's ``-2`` would discard half of it, so the toy reads the last layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bpo.config import option
+from bpo.models.tiny import LLAVA_CHAT_TEMPLATE
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+# Words the chat template itself emits (after lower-casing and splitting off punctuation).
+TEMPLATE_WORDS = ("user", "assistant", ":")
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the toy LLaVA (CLIP vision tower + MLP projector + Llama)."""
+
+    vision_hidden: int = option(64, help="CLIP vision tower width")
+    vision_layers: int = option(1, help="CLIP vision tower depth (the last layer feeds the projector)")
+    vision_heads: int = option(2, help="CLIP attention heads")
+    hidden: int = option(128, help="Llama width")
+    layers: int = option(2, help="Llama depth")
+    heads: int = option(4, help="Llama attention heads")
+    kv_heads: int = option(2, help="Llama key/value heads (grouped-query attention)")
+    intermediate: int = option(256, help="Llama MLP width")
+    max_positions: int = option(128, help="longest sequence (image tokens included)")
+
+
+def build_tokenizer(words: list[str]):
+    """A word-level ``PreTrainedTokenizerFast`` over ``words`` + template words + special tokens.
+
+    Lower-cases and splits off punctuation (``"circle."`` -> ``circle .``), so user-typed prompts
+    and the template's ``USER:`` both tokenise without ``<unk>``; decoding joins words with spaces
+    and never "cleans up" the space before punctuation (the caption grammar keeps it).
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for w in (*SPECIAL_TOKENS, *TEMPLATE_WORDS, *sorted(set(words))):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    bos = vocab["<s>"]
+    # A leading <s> like Llama's tokenizer; added by the processor on prompts, not on responses.
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=["<image>"],
+                                   clean_up_tokenization_spaces=False)
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    fast.chat_template = LLAVA_CHAT_TEMPLATE
+    return fast
+
+
+def build_model(tokenizer, mcfg: ModelConfig, *, image_size: int, patch_size: int, seed: int = 0):
+    """(randomly initialised model, processor); nothing is written."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vision = CLIPVisionConfig(hidden_size=mcfg.vision_hidden, intermediate_size=mcfg.vision_hidden * 2,
+                              num_hidden_layers=mcfg.vision_layers, num_attention_heads=mcfg.vision_heads,
+                              image_size=image_size, patch_size=patch_size)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=mcfg.hidden, intermediate_size=mcfg.intermediate,
+                       num_hidden_layers=mcfg.layers, num_attention_heads=mcfg.heads,
+                       num_key_value_heads=mcfg.kv_heads, max_position_embeddings=mcfg.max_positions,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                            crop_size={"height": image_size, "width": image_size})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    return model, processor
+
+
+def save(model, processor, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

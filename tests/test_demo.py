@@ -1,0 +1,35 @@
+"""`bpo demo`: the quick DPO smoke run and a fast toy-world pipeline (artifacts and sane ranges, not science)."""
+
+import json
+import math
+
+from bpo.cli import main as cli
+
+
+def test_quick_demo(tmp_path, capsys):
+    assert cli(["demo", "--quick", "--out", str(tmp_path / "q"), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "adapter:" in out and (tmp_path / "q" / "run" / "adapter" / "adapter_config.json").exists()
+
+
+def test_fast_toy_pipeline(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli(["demo", "--fast", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    table = summary["table"]
+    assert set(table) == {"base", "bpo_weakened", "bpo_weakened_injected", "dpo_self", "sft"}
+    for name, row in table.items():
+        for metric in ("CHAIR_i", "recall", "POPE acc", "pull", "parse"):
+            mean, _ = row[metric]
+            assert math.isnan(mean) or 0.0 <= mean <= 1.0, (name, metric, mean)
+    assert [c["claim"][:3] for c in summary["claims"]] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    report = (out / "report.md").read_text()
+    assert "| bpo_weakened |" in report and "The paper's claims, measured" in report
+    seed = out / "seed-0"
+    for f in ("weak.jsonl", "weak_inj.jsonl", "self.jsonl", "data/vocab.json", "eval/base/chair.json",
+              "eval/sft/pope.json", "runs/bpo_weakened/adapter/adapter_config.json", "plots/curves/logps.png"):
+        assert (seed / f).exists(), f
+    negs = [json.loads(line) for line in (seed / "weak_inj.jsonl").read_text().splitlines()]
+    assert {n["source"] for r in negs for n in r["rejected"]} == {"weakened", "injected"}
+    assert "report:" in printed
