@@ -68,10 +68,11 @@ def build_tokenizer(special_tokens: list[str], *, bos="<s>", eos="</s>", pad="<p
     return fast
 
 
-def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: int = 8, hidden: int = 64,
-                     layers: int = 2, vision_hidden: int = 32, seed: int = 0, tokenizer=None,
-                     chat_template: str = LLAVA_CHAT_TEMPLATE) -> Path:
-    """Save a tiny LLaVA (CLIP vision + Llama) with its processor to ``out_dir``; returns the path."""
+def make_llava(tokenizer, *, image_size: int, patch_size: int, vision_hidden: int, vision_layers: int = 2,
+               vision_heads: int = 2, hidden: int, intermediate: int | None = None, layers: int, heads: int = 4,
+               kv_heads: int = 2, max_positions: int = 512, vision_feature_layer: int = -2, seed: int = 0,
+               chat_template: str = LLAVA_CHAT_TEMPLATE):
+    """(random ``LlavaForConditionalGeneration``, ``LlavaProcessor``) in memory: CLIP vision + Llama."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -82,28 +83,38 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    out = Path(out_dir)
-    tok = tokenizer or build_tokenizer(["<image>"])
+    tok = tokenizer
     tok.chat_template = chat_template
-    image_token_id = tok.convert_tokens_to_ids("<image>")
-    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2, num_hidden_layers=2,
-                              num_attention_heads=2, image_size=image_size, patch_size=patch_size)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
+                              image_size=image_size, patch_size=patch_size)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
                                vision_feature_select_strategy="default", chat_template=chat_template,
                                num_additional_image_tokens=1)
+    return model, processor
+
+
+def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: int = 8, hidden: int = 64,
+                     layers: int = 2, vision_hidden: int = 32, seed: int = 0, tokenizer=None,
+                     chat_template: str = LLAVA_CHAT_TEMPLATE) -> Path:
+    """Save a tiny LLaVA (CLIP vision + Llama) with its processor to ``out_dir``; returns the path."""
+    out = Path(out_dir)
+    model, processor = make_llava(tokenizer or build_tokenizer(["<image>"]), image_size=image_size,
+                                  patch_size=patch_size, vision_hidden=vision_hidden, hidden=hidden, layers=layers,
+                                  seed=seed, chat_template=chat_template)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

@@ -66,40 +66,14 @@ def build_tokenizer(words: list[str]):
 
 
 def build_model(tokenizer, mcfg: ModelConfig, *, image_size: int, patch_size: int, seed: int = 0):
-    """(randomly initialised model, processor); nothing is written."""
-    import torch
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    """(randomly initialised model, processor); nothing is written. The last vision layer feeds the projector."""
+    from bpo.models.tiny import make_llava
 
-    vision = CLIPVisionConfig(hidden_size=mcfg.vision_hidden, intermediate_size=mcfg.vision_hidden * 2,
-                              num_hidden_layers=mcfg.vision_layers, num_attention_heads=mcfg.vision_heads,
-                              image_size=image_size, patch_size=patch_size)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=mcfg.hidden, intermediate_size=mcfg.intermediate,
-                       num_hidden_layers=mcfg.layers, num_attention_heads=mcfg.heads,
-                       num_key_value_heads=mcfg.kv_heads, max_position_embeddings=mcfg.max_positions,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-1, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu")
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                            crop_size={"height": image_size, "width": image_size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
-                               vision_feature_select_strategy="default", chat_template=LLAVA_CHAT_TEMPLATE,
-                               num_additional_image_tokens=1)
-    return model, processor
+    return make_llava(tokenizer, image_size=image_size, patch_size=patch_size, vision_hidden=mcfg.vision_hidden,
+                      vision_layers=mcfg.vision_layers, vision_heads=mcfg.vision_heads, hidden=mcfg.hidden,
+                      intermediate=mcfg.intermediate, layers=mcfg.layers, heads=mcfg.heads, kv_heads=mcfg.kv_heads,
+                      max_positions=mcfg.max_positions, vision_feature_layer=-1, seed=seed,
+                      chat_template=LLAVA_CHAT_TEMPLATE)
 
 
 def save(model, processor, out_dir: str | Path) -> Path:
