@@ -143,6 +143,3 @@ def scatter_rows(lp, n, batch: RowBatch, n_examples: int):
     counts = counts.index_put((ei, ri), n.to(device))
     valid[ei, ri] = True
     return logps, counts, valid
-
-
-_cat_vision = cat_vision  # old private name, kept for modules written against it

@@ -31,8 +31,8 @@ import torch
 from bpo.errors import BpoError
 from bpo.models.encoding import EncodedExample
 from bpo.models.logprobs import (
-    _cat_vision,
     _to_device,
+    cat_vision,
     example_logps,
     model_device,
     model_dtype,
@@ -144,7 +144,7 @@ def collate_shared(examples: list[EncodedExample], pad_id: int, pad_side: str = 
         prefix[key] = _pad_rows(pre_extras[key], 0, pad_side)
     vision = [ex.vision for ex in examples if ex.vision]
     if vision:
-        prefix.update(_cat_vision(vision))
+        prefix.update(cat_vision(vision))
     return PrefixBatch(prefix=prefix, prefix_len=torch.tensor([len(p) for p in prefixes]),
                        seg_ids=_pad_rows(segs, pad_id, "right"),
                        seg_mask=_pad_rows([[1] * len(s) for s in segs], 0, "right"),
