@@ -46,6 +46,21 @@ class StepStats:
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums) if self.counts[k]}
 
+    def merged(self, gather_object=None) -> StepStats:
+        """The stats of every process together (exact means, not means of means), e.g. under DDP.
+
+        ``gather_object`` is accelerate's; keys may differ per process (per-source keys), so sums and
+        counts travel as plain dicts.
+        """
+        if gather_object is None:
+            return self
+        out = StepStats()
+        for sums, counts in gather_object([(dict(self.sums), dict(self.counts))]):
+            for k, v in sums.items():
+                out.sums[k] += v
+                out.counts[k] += counts[k]
+        return out
+
 
 class MetricsLogger:
     """Appends one JSON line per logged step; mirrors scalars to TensorBoard when available."""

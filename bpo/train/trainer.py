@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class Trainer:
         cfg = self.cfg
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
         self.acc = Accelerator(mixed_precision=mp)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.acc.num_processes == 1:
+            # torchrun on a CPU box: accelerate stays single-process unless told to use the CPU backend, and
+            # every process would then train alone into the same output_dir.
+            raise BpoError(f"launched with WORLD_SIZE={launched} but accelerate runs a single process; on CPU set "
+                           "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)")
         set_seed(cfg.run.seed)
         self._read_records()  # cheap checks first: never load a 7B model to find a malformed line
         self._load_model()
@@ -192,6 +199,7 @@ class Trainer:
         logger = MetricsLogger(self.out, tensorboard=cfg.run.tensorboard, enabled=main)
         step, epoch, micro = self._maybe_resume(logger)
         world, rank = acc.num_processes, acc.process_index
+        from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=step, desc="train", disable=not (cfg.run.progress and main))
@@ -221,7 +229,9 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.run.log_every == 0 or step == self.total_steps:
                     dt = time.perf_counter() - t0
-                    row = stats.means()
+                    merged = stats.merged(gather_object if world > 1 else None)
+                    row = merged.means()
+                    row["examples"] = merged.counts.get("logps/chosen", 0)  # across all processes
                     row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch + micro /
                                max(1, len(mine)), samples_per_s=n_ex * world / dt, pairs_per_s=n_pairs * world / dt,
                                s_per_step=dt / max(1, cfg.run.log_every))
