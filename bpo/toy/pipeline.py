@@ -213,7 +213,8 @@ def format_table(table: dict) -> str:
     head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
     rows = []
     for name, vals in table.items():
-        cells = [f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}" for m, s in (vals[label] for label in labels)]
+        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
+                 for m, s in (vals[label] for label in labels)]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows)
 
