@@ -28,7 +28,8 @@ def test_fast_toy_pipeline(tmp_path, capsys):
     assert "| bpo_weakened |" in report and "The paper's claims, measured" in report
     seed = out / "seed-0"
     for f in ("weak.jsonl", "weak_inj.jsonl", "self.jsonl", "data/vocab.json", "eval/base/chair.json",
-              "eval/sft/pope.json", "runs/bpo_weakened/adapter/adapter_config.json", "plots/curves/logps.png"):
+              "eval/sft/pope.json", "runs/bpo_weakened/adapter/adapter_config.json", "plots/curves/logps.png",
+              "plots/noise"):
         assert (seed / f).exists(), f
     negs = [json.loads(line) for line in (seed / "weak_inj.jsonl").read_text().splitlines()]
     assert {n["source"] for r in negs for n in r["rejected"]} == {"weakened", "injected"}

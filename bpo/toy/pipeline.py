@@ -168,6 +168,29 @@ class SeedRun:
         model, processor = load(str(self.model))
         scenes = [self.world.scene("eval", i) for i in range(self.cfg.n_eval)]
         self.noise = noise_curve(model, processor, self.world, scenes, self.cfg.noise_steps, seed=self.seed)
+        self._token_probe(scenes)
+
+    def _token_probe(self, scenes):
+        """Fig. 5 analog through `bpo analyze noise`: after "a A and a", the partner's colour vs another absent one."""
+        from bpo.toy.data import _image_rel
+
+        world = self.world
+        for scene in scenes:
+            a = next((n for n in scene.names if world.partner[n] not in scene.names), None)
+            if a is None:
+                continue
+            partner = world.partner[a]
+            # the comparison colour is neither in the image nor the colour of any present object's partner
+            taken = {n.split()[0] for n in scene.names} | {world.partner[n].split()[0] for n in scene.names}
+            other = next((c for c in world.cfg.colours if c not in taken), None)
+            if other is None:
+                continue
+            steps = ",".join(str(t) for t in self.cfg.noise_steps)
+            bpo("analyze", "noise", "--model", self.model, "--image", self.data.image_root / _image_rel(scene),
+                "--prompt", "describe the image .", "--prefix", f"a {a} and a", "--targets",
+                f"{partner.split()[0]},{other}", "--steps", steps, "--samples", 2, "--seed", self.seed,
+                "--max-new-tokens", self.cfg.max_new_tokens, "--out", self.out / "plots" / "noise")
+            return
 
 
 def _parse_rate(world, ev: Path) -> float:
@@ -312,7 +335,9 @@ def write_report(out: Path, cfg: DemoConfig, seed_results: list[dict], table: di
         lines.append(f"| {sr['seed']} | " + " | ".join(f"{r['chair_i']:.3f}" for r in sr["noise"]) + " |")
     lines += ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
               "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}" for s in seed_results),
-              "", "Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps)."]
+              "", "Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps) and "
+              "`seed-*/plots/noise/` (probability of the partner's colour vs another absent colour after "
+              "\"a A and a\" as the noise step grows, with the answers per step)."]
     report = out / "report.md"
     with atomic_write(report) as fh:
         fh.write("\n".join(lines) + "\n")
