@@ -95,16 +95,22 @@ def read_jsonl(path: str | os.PathLike, *, skip_bad: bool = False,
             yield lineno, obj
 
 
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; a missing file or bad JSON is a one-line error naming the file (and line)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BpoError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as exc:
+        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+
 def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Read a ``.json`` list (line numbers become 1-based list indices) or a JSONL file."""
     path = Path(path)
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BpoError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        data = read_json(path)
         if isinstance(data, dict):
             data = [data]
         for i, obj in enumerate(data, 1):

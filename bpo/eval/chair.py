@@ -24,12 +24,12 @@ Departures from the reference code: our own synonym table, singularizer and the 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path, PurePosixPath
 
 from bpo.errors import BpoError, RecordError
 from bpo.eval.objects import Vocabulary
+from bpo.io import read_json
 
 # Our own wording of 8 detailed-description requests, rotated over the images as in Object-HalBench.
 DESCRIPTION_PROMPTS: tuple[str, ...] = (
@@ -186,12 +186,7 @@ def load_object_truth(path: str | os.PathLike, vocab: Vocabulary) -> ObjectTruth
 
 
 def _load_coco(path: str | os.PathLike, vocab: Vocabulary) -> ObjectTruth:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BpoError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = read_json(path, "file")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict)
                or not isinstance(data.get(k), list)]
     if missing:

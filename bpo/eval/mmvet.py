@@ -28,14 +28,13 @@ capability, listed in the details, and bracketed by ``total_bounds`` (unknown as
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from bpo.errors import BpoError, RecordError
 from bpo.eval.grading import GradeRequest, mean
+from bpo.io import read_json
 
 TEMPLATE = "mmvet_grade_v1"
 FIELDS = ("answer", "ground_truth", "question")
@@ -55,12 +54,7 @@ class MMVetQuestion:
 
 def load_mmvet(path: str | os.PathLike) -> dict[str, MMVetQuestion]:
     """Read ``mm-vet.json``; errors name the file and question id and say what to fix."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BpoError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = read_json(path, "file")
     if not isinstance(data, dict) or not data:
         raise BpoError(f"{path}: expected MM-Vet's mm-vet.json, a JSON object {{question id: {{imagename, "
                        "capability, question, answer}}}}")

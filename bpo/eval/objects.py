@@ -43,7 +43,6 @@ Negation is not handled ("there is no dog" mentions a dog), as in the standard p
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -51,6 +50,7 @@ from pathlib import Path
 
 from bpo.errors import BpoError
 from bpo.eval.words import is_plural, is_word, normalize, singularize, tokenize
+from bpo.io import read_json
 from bpo.paths import package_file
 
 COCO_VOCAB_FILE = "coco_objects.json"
@@ -159,12 +159,7 @@ class Vocabulary:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Vocabulary:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BpoError(f"{path}: vocabulary file not found") from None
-        except json.JSONDecodeError as exc:
-            raise BpoError(f"{path}:{exc.lineno}: malformed JSON in vocabulary ({exc.msg})") from None
+        data = read_json(path, "vocabulary file")
         return cls.from_dict(data, name=str(path))
 
     @classmethod

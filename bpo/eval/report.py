@@ -14,13 +14,12 @@ of two reports (nested metrics are flattened with dots: ``per_split.random.f1``)
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from pathlib import Path
 
 from bpo.errors import BpoError
-from bpo.io import file_sha256, write_json, write_jsonl
+from bpo.io import file_sha256, read_json, write_json, write_jsonl
 
 # Direction of the last component of a metric name; others (counts, yes_ratio) are neutral.
 HIGHER_IS_BETTER = frozenset({"recall", "accuracy", "precision", "f1", "safety_rate", "total", "score",
@@ -65,12 +64,7 @@ def write_report(path: str | os.PathLike, report: dict, details_out: str | os.Pa
 
 def load_report(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BpoError(f"{path}: report not found") from None
-    except json.JSONDecodeError as exc:
-        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    report = read_json(path, "report")
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict) or "task" not in report:
         raise BpoError(f"{path}: not a bpo eval report (needs 'task' and 'metrics'); "
                        "pass files written by `bpo eval ... --out`")
