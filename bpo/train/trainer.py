@@ -264,11 +264,14 @@ class Trainer:
 
     # ---- persistence -----------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
-        from bpo.io import file_sha256
+        """What a checkpoint must match to be resumed; computed once (it hashes the data file)."""
+        if getattr(self, "_fp", None) is None:
+            from bpo.io import file_sha256
 
-        cfg = to_dict(self.cfg)
-        return {"data_sha256": file_sha256(self.cfg.data.train), "model": cfg["model"], "lora": cfg["lora"],
-                "loss": cfg["loss"], "data": {k: v for k, v in cfg["data"].items()}}
+            cfg = to_dict(self.cfg)
+            self._fp = {"data_sha256": file_sha256(self.cfg.data.train), "model": cfg["model"],
+                        "lora": cfg["lora"], "loss": cfg["loss"], "data": cfg["data"]}
+        return self._fp
 
     def _write_run_files(self):
         import yaml

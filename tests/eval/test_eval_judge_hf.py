@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 from bpo.errors import BpoError  # noqa: E402
 from bpo.eval.judge_backends import HFJudge  # noqa: E402
 from bpo.eval.judges import JudgeItem  # noqa: E402
+from tests.eval.conftest import build_tiny_causal_lm  # noqa: E402
 
 WORDS = ["<unk>", "<pad>", "</s>", "VERDICT:", "safe", "unsafe", "the", "a", "response", "request", "is",
          "USER:", "ASSISTANT:", "judge", "harm", "help", "no", "yes", "image", "bomb"]
@@ -20,21 +21,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}USER: {{ m['content'] }}{% endfor %}"
 
 
 def _build(path, chat_template=None):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
-    if chat_template:
-        fast.chat_template = chat_template
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=1, eos_token_id=2, bos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return build_tiny_causal_lm(path, WORDS, chat_template)
 
 
 @pytest.fixture(scope="module")

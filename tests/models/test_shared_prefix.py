@@ -38,15 +38,6 @@ def _records(k: int) -> list[Record]:
             for i, (p, c, img) in enumerate(zip(prompts, chosen, images))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one thread is as fast, and two OpenMP threads on a busy 2-core box are 5-10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", params=["llava", "qwen2vl"])
 def loaded(request, tiny_llava, tiny_qwen2vl):
     model, proc = load(tiny_llava if request.param == "llava" else tiny_qwen2vl)

@@ -16,15 +16,6 @@ from bpo.train.modeling import reference_mode
 from bpo.train.trainer import Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: one thread is as fast, and two OpenMP threads on a busy 2-core box are 5-10x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     # Other test files share one BPO_HOME per session; these tests count what gets computed.
