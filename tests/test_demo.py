@@ -34,3 +34,32 @@ def test_fast_toy_pipeline(tmp_path, capsys):
     negs = [json.loads(line) for line in (seed / "weak_inj.jsonl").read_text().splitlines()]
     assert {n["source"] for r in negs for n in r["rejected"]} == {"weakened", "injected"}
     assert "report:" in printed
+
+
+def test_fast_safety_scenario(tmp_path, capsys):
+    """`bpo demo --scenario safety --fast`: every public stage runs and the report holds the measured rates."""
+    out = tmp_path / "safety"
+    assert cli(["demo", "--scenario", "safety", "--fast", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["table"]) == {"base", "dpo", "blind_po"}
+    for name, row in summary["table"].items():
+        for label, (mean, _) in row.items():
+            assert 0.0 <= mean <= 1.0, (name, label, mean)
+    assert [c["claim"].split(":")[0] for c in summary["claims"]] == ["premise", "target", "target"]
+    seed = summary["seeds"][0]
+    assert seed["build"]["rows_read"] == seed["build"]["written"] + sum(seed["build"]["filtered"].values())
+    assert seed["blind_negatives"]["n"] == seed["build"]["written"]
+    root = out / "seed-0"
+    prefs = [json.loads(line) for line in (root / "prefs.jsonl").read_text().splitlines()]
+    assert all({n["source"] for n in r["rejected"]} == {"human", "blind"} for r in prefs)
+    for f in ("data/pairs.jsonl", "data/index.csv", "mmsafe.jsonl", "build_report.json",
+              "runs/dpo/adapter/adapter_config.json", "runs/blind_po/adapter/adapter_config.json",
+              "eval/base/mm_hazard_safety.json", "eval/blind_po/blind_hazard_safety.json",
+              "eval/dpo/text_benign_responses.jsonl"):
+        assert (root / f).exists(), f
+    # DPO trains on the human negative only, Blind PO on both (the per-source metrics show it)
+    dpo = json.loads((root / "runs/dpo/metrics.jsonl").read_text().splitlines()[0])
+    blind = json.loads((root / "runs/blind_po/metrics.jsonl").read_text().splitlines()[0])
+    assert "logps/rejected/blind" in blind and "logps/rejected/blind" not in dpo
+    assert "| blind_po |" in (out / "report.md").read_text() and "report:" in printed

@@ -1,7 +1,8 @@
 """``bpo demo``: the built-in pipeline on CPU.
 
 ``--quick`` trains DPO for a few steps on a tiny locally built LLaVA and a handful of built-in
-records (seconds). The default runs the toy world (``bpo.toy``) through the public stages.
+records (seconds). The default runs the toy world (``bpo.toy``) through the public stages:
+``--scenario hallucination`` (default) is Bootstrapped PO, ``--scenario safety`` is Blind PO.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def build_parser():
     p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
     p.add_argument("--seeds", type=int, default=1, help="toy demo: run seeds 0..N-1 and report mean +- std")
     p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
+    p.add_argument("--scenario", choices=("hallucination", "safety"), default="hallucination",
+                   help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects")
     return p
 
 
@@ -80,6 +83,10 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if args.quick:
         return run_quick(out, args.steps)
+    if args.scenario == "safety":
+        from bpo.toy import safety_demo
+
+        return safety_demo.main(args, out)
     from bpo.toy import pipeline
 
     return pipeline.main(args, out)

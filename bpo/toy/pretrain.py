@@ -32,6 +32,7 @@ from bpo.config import from_dict, option
 from bpo.errors import BpoError
 from bpo.io import stable_hash, write_json
 from bpo.toy.model import ModelConfig
+from bpo.toy.safety import SafetyConfig, SafetyWorld
 from bpo.toy.world import World, WorldConfig
 
 # Bump when the recipe's code changes meaningfully: it is part of the cache key.
@@ -74,9 +75,11 @@ class PretrainResult:
     meta: dict = field(default_factory=dict)
 
 
-def cache_key(world: WorldConfig, recipe: RecipeConfig) -> str:
-    return stable_hash({"world": dataclasses.asdict(world), "recipe": dataclasses.asdict(recipe),
-                        "recipe_version": RECIPE_VERSION})[:16]
+def cache_key(world: WorldConfig, recipe: RecipeConfig, safety: SafetyConfig | None = None) -> str:
+    key = {"world": dataclasses.asdict(world), "recipe": dataclasses.asdict(recipe), "recipe_version": RECIPE_VERSION}
+    if safety is not None:  # only then: models built before the safety scenario keep their keys
+        key["safety"] = dataclasses.asdict(safety)
+    return stable_hash(key)[:16]
 
 
 def load_world(model_dir: str | Path) -> World:
@@ -88,25 +91,39 @@ def load_world(model_dir: str | Path) -> World:
     return World(from_dict(WorldConfig, json.loads(f.read_text())["world"]))
 
 
+def load_safety(model_dir: str | Path) -> SafetyWorld:
+    """The :class:`SafetyWorld` a toy model was pretrained with (``pretrain(..., safety=...)``)."""
+    meta = json.loads((Path(model_dir) / META_FILE).read_text()) if (Path(model_dir) / META_FILE).is_file() else {}
+    if not meta.get("safety"):
+        raise BpoError(f"{model_dir}: not a toy model pretrained with the safety scenario; build one with "
+                       "bpo.toy.pretrain.pretrain(..., safety=SafetyConfig())")
+    return SafetyWorld(load_world(model_dir), from_dict(SafetyConfig, meta["safety"]))
+
+
 def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None = None, *,
-             cache_root: str | Path | None = None, force: bool = False,
+             safety: SafetyConfig | None = None, cache_root: str | Path | None = None, force: bool = False,
              log: Callable[[str], None] | None = None) -> PretrainResult:
-    """Build (or fetch from cache) the pretrained toy model; returns its directory."""
+    """Build (or fetch from cache) the pretrained toy model; returns its directory.
+
+    ``safety`` adds the safety scenario (:mod:`bpo.toy.safety`): its words, the text-only request
+    chats to the language-model corpus and the benign image-referenced requests to alignment.
+    """
     from bpo.paths import cache_dir
 
     world_cfg = world_cfg or WorldConfig()
     recipe = recipe or RecipeConfig()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     root = Path(cache_root) if cache_root is not None else cache_dir("toy")
-    out = root / f"llava-{cache_key(world_cfg, recipe)}"
+    out = root / f"llava-{cache_key(world_cfg, recipe, safety)}"
     if (out / META_FILE).is_file() and not force:
         log(f"[toy] pretrained model cached at {out}")
         return PretrainResult(out, True, json.loads((out / META_FILE).read_text()))
-    meta = _run(World(world_cfg), recipe, out, log)
+    world = World(world_cfg)
+    meta = _run(world, recipe, out, log, SafetyWorld(world, safety) if safety is not None else None)
     return PretrainResult(out, False, meta)
 
 
-def _run(world: World, recipe: RecipeConfig, out: Path, log) -> dict:
+def _run(world: World, recipe: RecipeConfig, out: Path, log, safety: SafetyWorld | None = None) -> dict:
     import torch
 
     from bpo.toy import model as toy_model
@@ -116,14 +133,16 @@ def _run(world: World, recipe: RecipeConfig, out: Path, log) -> dict:
     torch.set_num_threads(recipe.threads)
     try:
         t_all = time.perf_counter()
-        tok = toy_model.build_tokenizer(world.vocabulary())
+        tok = toy_model.build_tokenizer(world.vocabulary() + (safety.vocabulary() if safety else []))
         model, processor = toy_model.build_model(tok, recipe.model, image_size=world.cfg.image_size,
                                                  patch_size=world.cfg.cell_size, seed=recipe.seed)
         timings, history = {}, {}
         t0 = time.perf_counter()
-        align = AlignData.build(world, processor, recipe.align_images, recipe.seed)
+        align = AlignData.build(world, processor, recipe.align_images, recipe.seed,
+                                extra=safety.align_examples() if safety else ())
         text = TextData.build(world, processor, recipe.text_sentences, seed=recipe.seed,
-                              chat_fraction=recipe.text_chat_fraction)
+                              chat_fraction=recipe.text_chat_fraction,
+                              extra_chats=safety.text_chats() if safety else ())
         timings["data_s"] = round(time.perf_counter() - t0, 2)
         log(f"[toy] data: {recipe.align_images} images, {recipe.text_sentences} text sentences "
             f"in {len(text)} packed rows ({timings['data_s']} s)")
@@ -138,6 +157,9 @@ def _run(world: World, recipe: RecipeConfig, out: Path, log) -> dict:
         timings["total_s"] = round(time.perf_counter() - t_all, 2)
         meta = {"world": dataclasses.asdict(world.cfg), "recipe": dataclasses.asdict(recipe),
                 "recipe_version": RECIPE_VERSION, "timings": timings, "history": history}
+        if safety is not None:
+            meta["safety"] = dataclasses.asdict(safety.cfg)
+            meta["hazardous"] = safety.hazardous
         _save_atomically(model, processor, meta, out)
         log(f"[toy] pretrained toy model saved to {out} ({timings['total_s']} s)")
         return meta

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bpo.toy.world import DESCRIBE_PROMPTS, World
+from bpo.toy.world import DESCRIBE_PROMPTS, Scene, World
 
 IGNORE = -100
 
@@ -80,18 +80,23 @@ class AlignData:
     pad_id: int
 
     @classmethod
-    def build(cls, world: World, processor, n_images: int, seed: int, per_image: int = 2) -> AlignData:
+    def build(cls, world: World, processor, n_images: int, seed: int, per_image: int = 2,
+              extra: list[tuple[Scene, str, str]] = ()) -> AlignData:
+        """``n_images`` train scenes with ``per_image`` QA each, plus ``extra`` (scene, question, answer) rows."""
         cfg = world.cfg
         prompts = PromptCache(processor, cfg.image_size)
-        scenes = [world.scene("train", i) for i in range(n_images)]
+        scenes = [world.scene("train", i) for i in range(n_images)] + [s for s, _, _ in extra]
         pixels = pixel_tensor(np.stack([world.render(s) for s in scenes]), processor)
         labels = torch.tensor([world.cell_labels(s) for s in scenes], dtype=torch.long)
         rows = []
-        for i, s in enumerate(scenes):
+        for i, s in enumerate(scenes[:n_images]):
             for k in range(per_image):
                 _, question, answer = world.qa(s, seed * 1000 + k)
                 p = prompts.ids(question)
                 rows.append((p + prompts.answer(answer), len(p), i))
+        for i, (_, question, answer) in enumerate(extra, start=n_images):
+            p = prompts.ids(question)
+            rows.append((p + prompts.answer(answer), len(p), i))
         return cls(pixels, labels, rows, processor.tokenizer.pad_token_id)
 
     def __len__(self) -> int:
@@ -102,6 +107,21 @@ class AlignData:
         out = _pad([(ids, start) for ids, start, _ in picked], self.pad_id)
         out["pixel_values"] = self.pixels[[img for _, _, img in picked]]
         return out
+
+
+def _interleave(stream: list[int], items: list[list[int]], eos: int, rng: np.random.Generator) -> list[int]:
+    """``stream`` with each of ``items`` inserted whole at a random point between two stream items.
+
+    Stream items are delimited by ``</s>`` (each ends with it); cutting anywhere else would split a
+    sentence.
+    """
+    ends = [i + 1 for i, t in enumerate(stream) if t == eos]
+    cuts = sorted(zip(rng.choice([0, *ends], size=len(items)), range(len(items))))
+    out, prev = [], 0
+    for cut, k in cuts:
+        out += stream[prev:cut] + items[k]
+        prev = cut
+    return out + stream[prev:]
 
 
 @dataclass
@@ -120,7 +140,12 @@ class TextData:
 
     @classmethod
     def build(cls, world: World, processor, n: int, seq_len: int = 64, seed: int = 0,
-              chat_fraction: float = 0.0) -> TextData:
+              chat_fraction: float = 0.0, extra_chats: list[tuple[str, str]] = ()) -> TextData:
+        """``n`` corpus sentences (``chat_fraction`` of them as chat turns) plus ``extra_chats`` (always chats).
+
+        The extra chats are shuffled into the stream with their own generator, so a corpus without
+        them is token for token what it was before they existed (cached toy models stay valid).
+        """
         prompts = PromptCache(processor, world.cfg.image_size)
         tok = processor.tokenizer
         pairs = [world.text_chat(i) for i in range(n)]
@@ -135,6 +160,15 @@ class TextData:
             chat.append((p + answers[i] + [eos], len(p)))
             # Plain text plus text-only chat turns (a chat-tuned LLM's data).
             stream += (p + answers[i] + [eos]) if is_chat[i] else ([bos] + answers[i] + [eos])
+        if extra_chats:
+            pieces = [stream]
+            for question, answer in extra_chats:
+                ids = prompts.ids(question, image=False)
+                row = ids + tok(answer, add_special_tokens=False)["input_ids"] + [eos]
+                chat.append((row, len(ids)))
+                pieces.append(row)
+            # The corpus keeps its order; each extra chat goes in at a random item boundary.
+            stream = _interleave(stream, pieces[1:], eos, np.random.default_rng([seed, 1]))
         rows = len(stream) // seq_len
         packed = torch.tensor(stream[: rows * seq_len]).view(rows, seq_len)
         return cls(packed, chat, tok.pad_token_id, tok)
