@@ -163,6 +163,9 @@ EVAL_SETS = {  # name -> (hazardous kinds?, prompt form, image attached?)
     "text_benign": (False, "named", False),      # text-side over-refusal
     "blind_hazard": (True, "referring", False),  # co-defense: the referring request with the image removed
 }
+# The paper's cheating probe: each mm_hazard request, word for word, with a benign image swapped in
+# (same record id, so the two answers pair up).
+SWAP_SET = "mm_swap"
 
 
 @dataclass
@@ -235,7 +238,13 @@ def export_safety(sw: SafetyWorld, out_dir, *, n_pairs: int = 192, benign_fracti
                 text = req.named if form == "named" else req.referring(scene.id, seed)
                 sets[name].append(Record(id=scene.id, prompt=[user_turn(text, 1 if image else 0)],
                                          chosen=req.answer(group), images=[rel] if image else [], meta=meta))
-    paths = {name: root / "eval" / f"{name}.jsonl" for name in EVAL_SETS}
+            if group:
+                swap = sw.scene("sfeval", 2 * n_eval + j, sw.benign[j % len(sw.benign)])
+                sets.setdefault(SWAP_SET, []).append(Record(
+                    id=scene.id, prompt=[user_turn(req.referring(scene.id, seed), 1)],
+                    chosen=compliance(req.verb, swap.names[0]), images=[write_image(sw.world, swap, image_root)],
+                    meta={"kind": swap.names[0], "hazardous": False, "category": "benign", "swapped_from": kind}))
+    paths = {name: root / "eval" / f"{name}.jsonl" for name in sets}
     for name, records in sets.items():
         write_records(paths[name], records)
     return SafetyExport(root, image_root, root / "pairs.jsonl", root / "index.csv", paths)
