@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bpo-installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo demo-safety test lint bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/bpo demo --out $(DEMO_OUT)
+
+demo-safety: $(STAMP)
+	$(VENV)/bin/bpo demo --scenario safety --seeds 3 --out outputs/demo_safety
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check bpo tests $(wildcard bench)
