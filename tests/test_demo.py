@@ -45,7 +45,8 @@ def test_fast_safety_scenario(tmp_path, capsys):
     assert set(summary["table"]) == {"base", "dpo", "blind_po"}
     for name, row in summary["table"].items():
         for label, (mean, _) in row.items():
-            assert 0.0 <= mean <= 1.0, (name, label, mean)
+            # the cheating probe is undefined (n/a) for a model that refused nothing
+            assert (math.isnan(mean) and label.startswith("cheating")) or 0.0 <= mean <= 1.0, (name, label, mean)
     assert [c["claim"].split(":")[0] for c in summary["claims"]] == ["premise", "target", "target"]
     seed = summary["seeds"][0]
     assert seed["build"]["rows_read"] == seed["build"]["written"] + sum(seed["build"]["filtered"].values())
