@@ -64,3 +64,8 @@ def test_fast_safety_scenario(tmp_path, capsys):
     blind = json.loads((root / "runs/blind_po/metrics.jsonl").read_text().splitlines()[0])
     assert "logps/rejected/blind" in blind and "logps/rejected/blind" not in dpo
     assert "| blind_po |" in (out / "report.md").read_text() and "report:" in printed
+
+
+def test_quick_has_no_scenarios(tmp_path, capsys):
+    assert cli(["demo", "--quick", "--scenario", "safety", "--out", str(tmp_path)]) == 2
+    assert "drop --quick to run --scenario safety" in capsys.readouterr().err

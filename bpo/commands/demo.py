@@ -81,6 +81,11 @@ def run_quick(out: Path, steps: int) -> int:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
+    if args.quick and args.scenario != "hallucination":
+        from bpo.errors import BpoError
+
+        raise BpoError("--quick is the tiny DPO smoke run and has no scenarios; drop --quick to run "
+                       f"--scenario {args.scenario} (add --fast for a small version)")
     if args.quick:
         return run_quick(out, args.steps)
     if args.scenario == "safety":
