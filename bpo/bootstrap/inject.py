@@ -32,6 +32,7 @@ from bpo.bootstrap.engine import Generation, Request, SamplingSettings, derive_s
 from bpo.bootstrap.jobs import Outcome, record_row
 from bpo.data.records import Negative, Record
 from bpo.errors import BpoError, RecordError
+from bpo.llm import NO_AUTH_KEY, openai_client
 from bpo.paths import package_file
 from bpo.registry import Registry
 
@@ -133,23 +134,18 @@ class OpenAIBackend:
     name = "openai"
 
     def __init__(self, model: str, settings: SamplingSettings, *, timeout: float = 60.0, max_retries: int = 2):
-        try:
-            import openai
-        except ImportError:
-            raise BpoError("--backend openai needs the openai package: pip install 'bpo[openai]'") from None
         base_url = os.environ.get("OPENAI_BASE_URL") or None
-        key = os.environ.get("OPENAI_API_KEY")
-        if not key and not base_url:
-            raise BpoError("--backend openai: set OPENAI_API_KEY (and OPENAI_BASE_URL for another server) "
-                           "in the environment")
-        # Local OpenAI-compatible servers (vLLM, llama.cpp) accept any key.
-        self._key = key or "EMPTY"
-        self.client = openai.OpenAI(api_key=self._key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        # Local OpenAI-compatible servers (vLLM, llama.cpp) accept any key, so with a base URL none is needed.
+        self.client = openai_client(api_key_env="OPENAI_API_KEY", base_url=base_url, timeout=timeout,
+                                    max_retries=max_retries, need="--backend openai", allow_missing_key=True,
+                                    key_hint=" (or set OPENAI_BASE_URL to a local server that needs none)")
         self.model, self.settings = model, settings
         self.endpoint = base_url or "api.openai.com"
 
     def _clean(self, message: str) -> str:
-        return message.replace(self._key, "***") if self._key and self._key != "EMPTY" else message
+        # Servers and client errors may quote the key back; it must not reach error files or logs.
+        key = self.client.api_key
+        return message.replace(key, "***") if key and key != NO_AUTH_KEY else message
 
     def complete(self, prompts: list[tuple[str, str, Record]]) -> list[Generation]:
         out = []

@@ -7,11 +7,9 @@ the first uncached item, so a fully cached rerun needs neither the network nor t
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from bpo.errors import BpoError
 from bpo.eval.judges import DEFAULT_TEMPLATE, ModelJudge, TransientError
+from bpo.llm import LocalCausalLM, chat_once, openai_client
 
 
 class LLMJudge(ModelJudge):
@@ -47,18 +45,10 @@ class LLMJudge(ModelJudge):
 
     def _get_client(self):
         if self._client is None:
-            try:
-                import openai
-            except ImportError:
-                raise BpoError("the llm judge needs the openai package: pip install openai "
-                               "(or pip install 'bpo[openai]')") from None
-            key = os.environ.get(self.api_key_env)
-            if not key:
-                raise BpoError(f"the llm judge reads its API key from ${self.api_key_env}, which is not set; "
-                               "export it (any non-empty value for a local server without auth) or name "
-                               "another variable with --api-key-env")
-            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
-                                         max_retries=0)
+            # The client's own retries are off: ModelJudge's retries/backoff are the only ones.
+            self._client = openai_client(api_key_env=self.api_key_env, base_url=self.base_url,
+                                         timeout=self.timeout, max_retries=0, need="the llm judge",
+                                         key_hint=" or name another variable with --api-key-env")
         return self._client
 
     def _complete(self, prompt: str) -> str:
@@ -67,9 +57,7 @@ class LLMJudge(ModelJudge):
         client = self._get_client()
         kwargs = {"max_tokens": self.max_tokens} if self.max_tokens else {}
         try:
-            resp = client.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": prompt}], temperature=0,
-                timeout=self.timeout, **kwargs)
+            return chat_once(client, self.model, prompt, temperature=0, timeout=self.timeout, **kwargs)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             # Never echo the server's message: it can contain a masked copy of the key.
             raise BpoError(f"the judge endpoint rejected the API key in ${self.api_key_env} "
@@ -84,9 +72,6 @@ class LLMJudge(ModelJudge):
             raise TransientError(f"HTTP {exc.status_code}") from None
         except openai.APIError as exc:  # connection errors, unreadable responses
             raise TransientError(type(exc).__name__) from None
-        if not resp.choices:
-            return ""
-        return resp.choices[0].message.content or ""
 
     def describe(self) -> dict:
         out = super().describe()
@@ -111,45 +96,27 @@ class HFJudge(ModelJudge):
             raise BpoError("the hf judge needs --judge-model PATH (a local causal LM directory)")
         super().__init__(template=template, cache=cache, use_cache=use_cache, retries=retries,
                          backoff=backoff, workers=1)
-        path = Path(model).expanduser()
-        self.model_path = str(path.resolve()) if path.exists() else model
-        self.device, self.max_new_tokens = device, max_new_tokens
-        self._model = self._tokenizer = None
+        self._lm = LocalCausalLM(model, device=device, max_new_tokens=max_new_tokens, what="the hf judge")
+
+    # Read from the LocalCausalLM so that there is one copy of the settings that change a reply.
+    model_path = property(lambda self: self._lm.model_path)
+    device = property(lambda self: self._lm.device)
+    max_new_tokens = property(lambda self: self._lm.max_new_tokens)
 
     @property
     def model_id(self) -> str:
         return self.model_path
 
-    def _load(self):
-        if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+    @property
+    def _model(self):
+        """The loaded model, or None while nothing needed it (a fully cached rerun never loads it)."""
+        return self._lm.model
 
-            try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-                self._model = AutoModelForCausalLM.from_pretrained(self.model_path)
-            except (OSError, ValueError) as exc:
-                first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise BpoError(f"cannot load the hf judge from {self.model_path!r}: {first_line} (pass a "
-                               "local directory with config.json, weights and tokenizer)") from None
-            self._model.to(self.device).eval()
-        return self._model, self._tokenizer
+    def _load(self):
+        return self._lm.load()
 
     def _complete(self, prompt: str) -> str:
-        import torch
-
-        model, tok = self._load()
-        if getattr(tok, "chat_template", None):
-            enc = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)
-            input_ids = enc["input_ids"]
-        else:
-            input_ids = tok(prompt, return_tensors="pt")["input_ids"]
-        input_ids = input_ids.to(self.device)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        with torch.inference_mode():
-            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                 max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-        return tok.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+        return self._lm.complete(prompt)
 
     def describe(self) -> dict:
         out = super().describe()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bpo.errors import BpoError
+from bpo.llm import LocalCausalLM, chat_once, openai_client
 from bpo.paths import package_file
 from bpo.registry import Registry
 
@@ -63,68 +64,41 @@ class OpenAIChat:
     """One user message in, the first choice's text out; temperature 0."""
 
     def __init__(self, spec: LLMSpec):
-        try:
-            import openai
-        except ImportError:
-            raise BpoError("the openai LLM backend needs the openai package: pip install 'bpo[openai]'") from None
         if not spec.model:
             raise BpoError("the openai LLM backend needs a model name: pass --llm-model NAME")
-        key = os.environ.get(spec.api_key_env)
-        if not key:
-            raise BpoError(f"environment variable {spec.api_key_env} is not set; export the API key there "
-                           "(any non-empty value, e.g. EMPTY, for a local server without auth)")
-        self._openai = openai
+        self.client = openai_client(
+            api_key_env=spec.api_key_env, base_url=spec.base_url, timeout=spec.timeout_s,
+            max_retries=spec.max_retries, need="the openai LLM backend",
+            key_hint=" or name another variable with --llm-api-key-env")
         self.spec = spec
-        self.client = openai.OpenAI(api_key=key, base_url=spec.base_url, timeout=spec.timeout_s,
-                                    max_retries=spec.max_retries)
 
     def __call__(self, prompt: str) -> str:
+        import openai
+
         try:
-            resp = self.client.chat.completions.create(
-                model=self.spec.model, messages=[{"role": "user", "content": prompt}],
-                temperature=0.0, max_tokens=self.spec.max_new_tokens)
-        except self._openai.APIStatusError as exc:
+            return chat_once(self.client, self.spec.model, prompt, temperature=0.0,
+                             max_tokens=self.spec.max_new_tokens)
+        except openai.APIStatusError as exc:
             raise BpoError(f"LLM endpoint {self.spec.base_url or 'api.openai.com'} answered HTTP "
                            f"{exc.status_code}; check --llm-base-url, --llm-model and the key in "
                            f"{self.spec.api_key_env}") from None
-        except self._openai.APIError as exc:
+        except openai.APIError as exc:
             raise BpoError(f"LLM endpoint {self.spec.base_url or 'api.openai.com'} failed "
                            f"({type(exc).__name__}); is the server up?") from None
-        if not resp.choices:
-            return ""
-        return resp.choices[0].message.content or ""
 
 
 class HFCausalLM:
     """A local causal LM; uses the tokenizer's chat template when it has one."""
 
     def __init__(self, spec: LLMSpec):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if not spec.model:
             raise BpoError("the hf LLM backend needs a local model: pass --llm-model PATH")
-        try:
-            self.tok = AutoTokenizer.from_pretrained(spec.model)
-            self.model = AutoModelForCausalLM.from_pretrained(spec.model)
-        except OSError as exc:
-            raise BpoError(f"cannot load the local model {spec.model!r} ({exc.__class__.__name__}); "
-                           "pass a directory with config, weights and tokenizer") from None
-        self.model.eval()
+        self.lm = LocalCausalLM(spec.model, max_new_tokens=spec.max_new_tokens, what="the local model")
+        self.lm.load()  # eagerly: a bad path fails before a long build starts, not on its first record
         self.spec = spec
 
     def __call__(self, prompt: str) -> str:
-        import torch
-
-        if getattr(self.tok, "chat_template", None):
-            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               return_tensors="pt", return_dict=True)["input_ids"]
-        else:
-            ids = self.tok(prompt, return_tensors="pt")["input_ids"]
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-        with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                      max_new_tokens=self.spec.max_new_tokens, pad_token_id=pad)
-        return self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return self.lm.complete(prompt)
 
 
 LLM_BACKENDS.register("openai", OpenAIChat)

@@ -92,7 +92,7 @@ def test_llm_finder_over_http(server, monkeypatch):
 
 def test_key_comes_from_the_environment_and_is_never_echoed(server, monkeypatch):
     monkeypatch.delenv("BPO_TEST_KEY", raising=False)
-    with pytest.raises(BpoError, match="environment variable BPO_TEST_KEY is not set"):
+    with pytest.raises(BpoError, match=r"reads its API key from \$BPO_TEST_KEY, which is not set.*--llm-api-key-env"):
         OpenAIChat(LLMSpec(model="tiny", base_url=server, api_key_env="BPO_TEST_KEY"))
     monkeypatch.setenv("BPO_TEST_KEY", "sk-wrong-key-456")
     llm = OpenAIChat(LLMSpec(model="tiny", base_url=server, api_key_env="BPO_TEST_KEY", max_retries=0))
