@@ -48,7 +48,16 @@ SIZES = {
     # LLaVA-1.5's own 336 px / patch 14 -> 576 image tokens, a 1024-wide 8-layer decoder.
     "gpu": dict(image_size=336, patch_size=14, hidden=1024, layers=8, vision_hidden=512, records=96, batch=8,
                 steps=12, warmup=2, repeats=3, precision="bf16", threads=None),
+    # The same data with a decoder big enough for the matrix products to dominate a step on an H100: 2048 x 16
+    # (~0.67 B parameters; MLP width per the builder's default 2x), 16 heads of 128 like LLaVA-1.5-7B (the
+    # builder's default 4 heads would make them 512 wide), a 1024-wide CLIP. TRL's K = 3 step holds ~4x the
+    # activations of the GPU size's 12.7 GB; fewer records and steps keep a run within a few minutes.
+    "gpu-large": dict(image_size=336, patch_size=14, hidden=2048, layers=16, vision_hidden=1024, heads=16,
+                      kv_heads=16, records=64, batch=8, steps=8, warmup=2, repeats=1, precision="bf16",
+                      threads=None),
 }
+# Optional SIZES keys passed to bpo.models.tiny.make_llava when present (build_tiny_llava does not take them).
+MODEL_EXTRAS = ("heads", "kv_heads", "intermediate", "vision_layers")
 LORA = dict(r=16, alpha=32)
 MAX_LENGTH = 1024
 BETA = 0.1
@@ -68,10 +77,7 @@ def prepare(work: Path, size: str) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / "model"
     if not (model_dir / "config.json").exists():
-        from bpo.models.tiny import build_tiny_llava
-
-        build_tiny_llava(model_dir, image_size=shape["image_size"], patch_size=shape["patch_size"],
-                         hidden=shape["hidden"], layers=shape["layers"], vision_hidden=shape["vision_hidden"])
+        build_model(model_dir, shape)
     data = work / "prefs_k3.jsonl"
     if not data.exists():
         _write_data(work, shape)
@@ -80,6 +86,21 @@ def prepare(work: Path, size: str) -> dict:
         _write_adapter(model_dir, adapter)
     return {"model": str(model_dir), "data": str(data), "images": str(work / "images"),
             "adapter": str(adapter)}
+
+
+def build_model(model_dir: Path, shape: dict) -> None:
+    """The random LLaVA of this size: ``build_tiny_llava``, or ``make_llava`` when the size sets heads etc."""
+    from bpo.models.tiny import build_tiny_llava, build_tokenizer, make_llava
+
+    dims = dict(image_size=shape["image_size"], patch_size=shape["patch_size"], hidden=shape["hidden"],
+                layers=shape["layers"], vision_hidden=shape["vision_hidden"])
+    extras = {key: shape[key] for key in MODEL_EXTRAS if key in shape}
+    if not extras:
+        build_tiny_llava(model_dir, **dims)
+        return
+    model, processor = make_llava(build_tokenizer(["<image>"]), **dims, **extras)
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
 
 
 def _sentence(rng: random.Random, n_words: int) -> str:
@@ -535,22 +556,23 @@ def format_section(table: str, checks: dict, results: dict, shape: dict, args, t
     labels = {label for r in results.values() for label in r}
     legend = "\n".join(text.format(prepass=prepass) for label, text in LEGEND.items() if label in labels)
     tokens = "; ".join(f"K={k}: {c['token_ratio']:.2f}x" for k, c in checks.items())
+    heads = f", {shape['heads']} heads" if "heads" in shape else ""
+    order = ", ".join(v[0] for v in VARIANTS if v[0] in labels)
     return f"""### {args.size.upper()} size
 
 Command: `{cmd}` ({total / 60:.1f} min in all; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end).
 
 - Model: randomly initialised LLaVA, CLIP {shape['image_size']} px / patch {shape['patch_size']} = {n_img} image \
-tokens per prompt, Llama hidden {shape['hidden']} x {shape['layers']} layers; {shape['records']} records with one \
-image, a short question, responses of 12-20 words (~25-40 tokens).
+tokens per prompt (vision width {shape['vision_hidden']}), Llama hidden {shape['hidden']} x {shape['layers']} \
+layers{heads}; {shape['records']} records with one image, a short question, responses of 12-20 words (~25-40 tokens).
 - Same for both: LoRA r={LORA['r']}, alpha={LORA['alpha']}, dropout 0 on every Linear of the language model; \
 precision {shape['precision']}; max_length {MAX_LENGTH}; AdamW, constant LR, clipping 1.0; no gradient \
 checkpointing; no TRL precompute. bpo: {shape['batch']} examples per step; TRL: the same {shape['batch']} x K \
 pairs per step, one row per pair.
 - Device: {device}; torch {torch.__version__} with {threads} thread(s), transformers \
 {transformers.__version__}, trl {trl.__version__}.
-- Medians of {args.repeats or shape['repeats']} alternating runs (bpo, TRL, bpo + ref cache, bpo plain), each \
-in a fresh process, {shape['steps'] - shape['warmup']} timed steps after {shape['warmup']} warm-up steps. Peak \
-memory: `ru_maxrss` of the run's process (CPU) or `torch.cuda.max_memory_allocated` (GPU).
+- Medians of {args.repeats or shape['repeats']} alternating run(s) ({order}), each in a fresh process, \
+{shape['steps'] - shape['warmup']} timed steps after {shape['warmup']} warm-up steps. Peak memory: `ru_maxrss` of the run's process (CPU) or `torch.cuda.max_memory_allocated` (GPU).
 
 {table}
 

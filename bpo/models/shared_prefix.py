@@ -178,20 +178,23 @@ def shared_row_logps(model, batch: PrefixBatch) -> tuple[torch.Tensor, torch.Ten
         pre_pos = positions if positions is not None else real_index
     else:
         pre_pos, deltas = real_index, torch.zeros((mask.shape[0], 1), dtype=torch.long, device=device)
+    # Every host-to-device copy before the prefix forward: on CUDA a (pageable) copy waits for the stream, so a
+    # copy placed after the forward would stall the host until the whole prefix pass has run on the GPU.
+    rows = batch.example_index.to(device)
+    seg_ids = batch.seg_ids.to(device)
+    seg_mask = batch.seg_mask.to(device)
+    prefix_len = batch.prefix_len.to(device)
+    extras = {k: v.to(device) for k, v in batch.seg_extras.items()}
     out = model(**pre, position_ids=pre_pos, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     del out
-    rows = batch.example_index.to(device)
     cache.reorder_cache(rows)  # index_select: differentiable, so gradients reach the shared prefix
 
-    seg_ids = batch.seg_ids.to(device)
-    seg_mask = batch.seg_mask.to(device)
     steps = torch.arange(seg_ids.shape[1], device=device)
-    seg_pos = batch.prefix_len.to(device)[rows, None] + steps + deltas[rows]
+    seg_pos = prefix_len[rows, None] + steps + deltas[rows]
     if mrope:
         seg_pos = seg_pos.unsqueeze(0).expand(3, -1, -1)
     full_mask = torch.cat([mask[rows], seg_mask], dim=1)
-    extras = {k: v.to(device) for k, v in batch.seg_extras.items()}
     logits = model(input_ids=seg_ids, attention_mask=full_mask, position_ids=seg_pos, past_key_values=cache,
                    use_cache=True, **extras).logits
     targets = seg_ids[:, 1:]
