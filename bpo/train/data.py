@@ -64,12 +64,10 @@ def epoch_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int,
 
 
 def negative_matrix(examples, width: int, device=None):
-    """Per-example negative weights ``[B, width-1]`` and source names, padded."""
-    weights = torch.zeros((len(examples), max(width - 1, 1)), device=device)
-    sources = []
-    for b, ex in enumerate(examples):
-        k = len(ex.weights)
-        if k:
-            weights[b, :k] = torch.tensor(ex.weights, device=device)
-        sources.append(ex.sources[1:])
-    return weights, sources
+    """Per-example negative weights ``[B, width-1]`` and source names, padded.
+
+    Built on the CPU and moved in one copy (a small copy per example would each wait on the GPU).
+    """
+    rows = [list(ex.weights) + [0.0] * (max(width - 1, 1) - len(ex.weights)) for ex in examples]
+    weights = torch.tensor(rows, dtype=torch.float32).to(device) if device is not None else torch.tensor(rows)
+    return weights, [ex.sources[1:] for ex in examples]

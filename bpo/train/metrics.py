@@ -12,21 +12,56 @@ from pathlib import Path
 
 
 class StepStats:
-    """Accumulates per-example values over the micro-batches of one optimizer step."""
+    """Accumulates per-example values over the micro-batches of one optimizer step.
+
+    Values on an accelerator are summed there and read back in one transfer when the step's means are
+    asked for: a ``float()`` per value would block the host on the GPU dozens of times a step (the
+    H100 profile in BENCHMARKS.md counted 46 such syncs per step here).
+    """
 
     def __init__(self):
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        self._pending: list[tuple[str, object]] = []  # (key, 0-dim sum tensor on the device)
+        self._pending_pref: list[tuple[list, list[list[str]]]] = []  # add_preference calls not yet read back
 
     def add(self, key: str, values) -> None:
         values = values.detach().float().flatten()
         if values.numel():
-            self.sums[key] += float(values.sum())
             self.counts[key] += int(values.numel())
+            if values.device.type == "cpu":
+                self.sums[key] += float(values.sum())
+            else:
+                self._pending.append((key, values.sum()))
 
     def add_preference(self, chosen_rewards, rejected_rewards, valid, sources: list[list[str]],
                        policy_chosen, policy_rejected) -> None:
-        """Rewards, margins and accuracy overall and per source (``sources[b][k]`` names negative k)."""
+        """Rewards, margins and accuracy overall and per source (``sources[b][k]`` names negative k).
+
+        Kept as tensors until the means are read: selecting the valid entries of a device tensor would
+        block the host in the middle of the step, before the backward pass is queued.
+        """
+        parts = [t.detach() for t in (chosen_rewards, rejected_rewards, valid, policy_chosen, policy_rejected)]
+        self._pending_pref.append((parts, sources))
+
+    def _flush(self) -> None:
+        """Read every pending device value back in one copy, then do the bookkeeping on the CPU."""
+        if not (self._pending or self._pending_pref):
+            return
+        import torch
+
+        tensors = [v.reshape(1) for _, v in self._pending]
+        tensors += [t.float().reshape(-1) for parts, _ in self._pending_pref for t in parts]
+        chunks = iter(torch.cat([t.to(tensors[0].device) for t in tensors]).cpu().split([t.numel() for t in tensors]))
+        for key, _ in self._pending:
+            self.sums[key] += float(next(chunks))
+        for parts, sources in self._pending_pref:
+            self._add_preference_cpu(*(next(chunks).reshape(t.shape) for t in parts), sources)
+        self._pending, self._pending_pref = [], []
+
+    def _add_preference_cpu(self, chosen_rewards, rejected_rewards, valid, policy_chosen, policy_rejected,
+                            sources) -> None:
+        valid = valid.bool()
         margins = chosen_rewards.unsqueeze(-1) - rejected_rewards
         self.add("rewards/chosen", chosen_rewards)
         self.add("logps/chosen", policy_chosen)
@@ -44,6 +79,7 @@ class StepStats:
                 self.add(f"rewards/accuracies/{src}", (margins[b, k:k + 1] > 0).float())
 
     def means(self) -> dict[str, float]:
+        self._flush()
         return {k: self.sums[k] / self.counts[k] for k in sorted(self.sums) if self.counts[k]}
 
     def merged(self, gather_object=None) -> StepStats:
@@ -52,6 +88,7 @@ class StepStats:
         ``gather_object`` is accelerate's; keys may differ per process (per-source keys), so sums and
         counts travel as plain dicts.
         """
+        self._flush()
         if gather_object is None:
             return self
         out = StepStats()

@@ -232,7 +232,7 @@ class Trainer:
                     merged = stats.merged(gather_object if world > 1 else None)
                     row = merged.means()
                     row["examples"] = merged.counts.get("logps/chosen", 0)  # across all processes
-                    row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch + micro /
+                    row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=float(grad_norm), epoch=epoch + micro /
                                max(1, len(mine)), samples_per_s=n_ex * world / dt, pairs_per_s=n_pairs * world / dt,
                                s_per_step=dt / max(1, cfg.run.log_every))
                     last_loss = row.get("loss", last_loss)
@@ -251,12 +251,13 @@ class Trainer:
             result.update(self._save_final())
         return result
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self):
+        """Clip, step, zero; returns the gradient norm (a tensor: read only when logged, to avoid a sync)."""
         cfg = self.cfg
         grad_norm = float("nan")
         if cfg.optim.max_grad_norm > 0:
             params = [p for p in self.policy.parameters() if p.requires_grad]
-            grad_norm = float(self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+            grad_norm = self.acc.clip_grad_norm_(params, cfg.optim.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
