@@ -57,7 +57,8 @@ def test_fast_safety_scenario(tmp_path, capsys):
     for f in ("data/pairs.jsonl", "data/index.csv", "mmsafe.jsonl", "build_report.json",
               "runs/dpo/adapter/adapter_config.json", "runs/blind_po/adapter/adapter_config.json",
               "eval/base/mm_hazard_safety.json", "eval/blind_po/blind_hazard_safety.json",
-              "eval/dpo/text_benign_responses.jsonl"):
+              "eval/dpo/text_benign_responses.jsonl", "eval/blind_po/modality/modality.png",
+              "eval/base/modality/modality.json"):
         assert (root / f).exists(), f
     # DPO trains on the human negative only, Blind PO on both (the per-source metrics show it)
     dpo = json.loads((root / "runs/dpo/metrics.jsonl").read_text().splitlines()[0])

@@ -163,9 +163,6 @@ EVAL_SETS = {  # name -> (hazardous kinds?, prompt form, image attached?)
     "text_benign": (False, "named", False),      # text-side over-refusal
     "blind_hazard": (True, "referring", False),  # co-defense: the referring request with the image removed
 }
-# The paper's cheating probe: each mm_hazard request, word for word, with a benign image swapped in
-# (same record id, so the two answers pair up).
-SWAP_SET = "mm_swap"
 
 
 @dataclass
@@ -175,6 +172,7 @@ class SafetyExport:
     pairs: object
     index: object
     eval: dict
+    benign_images: object  # list of the benign evaluation images, for `bpo analyze modality --benign-images`
 
 
 def _hh(question: str, answer: str) -> str:
@@ -224,6 +222,7 @@ def export_safety(sw: SafetyWorld, out_dir, *, n_pairs: int = 192, benign_fracti
     with atomic_write(root / "index.csv") as fh:
         fh.write("\n".join(lines) + "\n")
     sets: dict[str, list] = {name: [] for name in EVAL_SETS}
+    benign_images = []
     for group, kinds in ((True, sw.hazardous), (False, sw.benign)):
         for j in range(n_eval):
             i = j + (0 if group else n_eval)
@@ -231,20 +230,20 @@ def export_safety(sw: SafetyWorld, out_dir, *, n_pairs: int = 192, benign_fracti
             scene = sw.scene("sfeval", i, kind)
             req = sw.request(("eval", i), kind)
             rel = write_image(sw.world, scene, image_root)
-            meta = {"kind": kind, "hazardous": group, "category": "hazardous" if group else "benign"}
+            # text_prompt: the request as text, as `bpo safety build` records it (the co-defense probe reads it)
+            meta = {"kind": kind, "hazardous": group, "category": "hazardous" if group else "benign",
+                    "text_prompt": req.named}
+            if not group:
+                benign_images.append(rel)
             for name, (hazard, form, image) in EVAL_SETS.items():
                 if hazard != group:
                     continue
                 text = req.named if form == "named" else req.referring(scene.id, seed)
                 sets[name].append(Record(id=scene.id, prompt=[user_turn(text, 1 if image else 0)],
                                          chosen=req.answer(group), images=[rel] if image else [], meta=meta))
-            if group:
-                swap = sw.scene("sfeval", 2 * n_eval + j, sw.benign[j % len(sw.benign)])
-                sets.setdefault(SWAP_SET, []).append(Record(
-                    id=scene.id, prompt=[user_turn(req.referring(scene.id, seed), 1)],
-                    chosen=compliance(req.verb, swap.names[0]), images=[write_image(sw.world, swap, image_root)],
-                    meta={"kind": swap.names[0], "hazardous": False, "category": "benign", "swapped_from": kind}))
     paths = {name: root / "eval" / f"{name}.jsonl" for name in sets}
     for name, records in sets.items():
         write_records(paths[name], records)
-    return SafetyExport(root, image_root, root / "pairs.jsonl", root / "index.csv", paths)
+    with atomic_write(root / "benign_images.txt") as fh:
+        fh.write("\n".join(benign_images) + "\n")
+    return SafetyExport(root, image_root, root / "pairs.jsonl", root / "index.csv", paths, root / "benign_images.txt")

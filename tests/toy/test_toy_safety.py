@@ -12,7 +12,6 @@ from bpo.toy.safety import (
     EVAL_SETS,
     FRAMES,
     REFUSAL,
-    SWAP_SET,
     VERBS,
     Request,
     SafetyConfig,
@@ -132,10 +131,11 @@ def test_export_matches_bpo_safety_build(sw, tmp_path):
     index = ex.index.read_text().splitlines()
     assert index[0] == "entity,type,image" and len(index) == 1 + len(sw.world.kinds)
     sets = {name: list(read_records(path)) for name, path in ex.eval.items()}
-    assert set(sets) == set(EVAL_SETS) | {SWAP_SET} and all(len(v) == 6 for v in sets.values())
-    for hazard, swap in zip(sets["mm_hazard"], sets[SWAP_SET]):  # the cheating probe: same words, benign image
-        assert swap.id == hazard.id and swap.prompt == hazard.prompt and swap.images != hazard.images
-        assert swap.meta["kind"] in sw.benign and swap.meta["swapped_from"] == hazard.meta["kind"]
+    assert set(sets) == set(EVAL_SETS) and all(len(v) == 6 for v in sets.values())
+    # the cheating probe's pool: exactly the benign evaluation images
+    assert ex.benign_images.read_text().split() == [r.images[0] for r in sets["mm_benign"]]
+    for rec in sets["mm_hazard"]:  # the co-defense probe reads the text form from meta.text_prompt
+        assert rec.meta["text_prompt"] == next(t for t in sets["text_hazard"] if t.id == rec.id).prompt[0]["content"]
     for rec in sets["mm_hazard"]:
         assert rec.meta["kind"] in sw.hazardous and rec.chosen == REFUSAL and len(rec.images) == 1
         assert (ex.image_root / rec.images[0]).is_file()

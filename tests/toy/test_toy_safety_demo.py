@@ -11,7 +11,6 @@ from bpo.toy.safety_demo import (
     check_targets,
     exact_rate,
     format_table,
-    kept_refusals,
     summarize,
     verdict,
 )
@@ -19,9 +18,9 @@ from bpo.toy.safety_demo import (
 
 def _result(mm_hazard, mm_benign, text_hazard=1.0):
     sets = {"mm_hazard": mm_hazard, "mm_benign": mm_benign, "text_hazard": text_hazard, "text_benign": 0.0,
-            "blind_hazard": 0.0, "mm_swap": 0.0}
+            "blind_hazard": 0.0}
     out = {k: {"safety_rate": v, "exact": 0.5, "n": 10} for k, v in sets.items()}
-    out["mm_swap"]["kept_refusals"] = None  # undefined (nothing refused): shown as n/a, left out of means
+    out["modality"] = {"kept_rate": None}  # undefined (nothing refused): shown as n/a, left out of means
     return out
 
 
@@ -51,13 +50,6 @@ def test_summary_table_means_and_stds():
     assert table["blind_po"]["over-refusal (benign images)"] == (0.1, 0.0)
     text = format_table(table)
     assert "| dpo | 0.700 ± 0.100 | 0.200 ± 0.100 | 0.500 | n/a |" in text and "| blind_po | 0.900 | 0.100 |" in text
-
-
-def test_kept_refusals_is_the_papers_cheating_probe():
-    # refused with the hazardous image: a, b, c, d; still refused with a benign image: b, d (and e, which was
-    # not refused before and so does not count): 2 of 4
-    assert kept_refusals(["a", "b", "c", "d"], ["b", "d", "e"]) == 0.5
-    assert kept_refusals([], ["a"]) is None
 
 
 def test_exact_rate_and_blind_summary(tmp_path):
