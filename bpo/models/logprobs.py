@@ -76,11 +76,21 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
 
 
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """``t.to(device)``, without making the host wait for the GPU.
+
+    A blocking host-to-CUDA copy ends in ``cudaStreamSynchronize``: the host stops until every queued
+    kernel has run, so it cannot queue the next ones meanwhile. ``non_blocking`` from pageable memory is
+    still safe (the driver stages the data before the call returns) and skips that wait.
+    """
+    return t.to(device, non_blocking=t.device.type == "cpu" and torch.device(device).type == "cuda")
+
+
 def _to_device(inputs: dict, device, dtype) -> dict:
     out = {}
     for k, v in inputs.items():
         if torch.is_tensor(v):
-            v = v.to(device)
+            v = to_device(v, device)
             if v.is_floating_point() and dtype is not None:
                 v = v.to(dtype)
         out[k] = v
@@ -116,7 +126,7 @@ def row_logps(model, batch: RowBatch) -> tuple[torch.Tensor, torch.Tensor]:
     except TypeError:  # models without logits_to_keep
         logits = model(**inputs, use_cache=False).logits[:, start:]
     targets = inputs["input_ids"][:, start + 1:]
-    mask = batch.response_mask.to(targets.device)[:, start + 1:]
+    mask = to_device(batch.response_mask, targets.device)[:, start + 1:]
     lp = token_logps(logits[:, :-1], targets)
     lp = lp.masked_fill(~mask, 0.0)
     return lp.sum(-1), mask.sum(-1)
@@ -138,8 +148,8 @@ def scatter_rows(lp, n, batch: RowBatch, n_examples: int):
     logps = torch.zeros((n_examples, width), dtype=lp.dtype, device=device)
     counts = torch.zeros((n_examples, width), dtype=torch.long, device=device)
     valid = torch.zeros((n_examples, width), dtype=torch.bool, device=device)
-    ei, ri = batch.example_index.to(device), batch.response_index.to(device)
+    ei, ri = to_device(batch.example_index, device), to_device(batch.response_index, device)
     logps = logps.index_put((ei, ri), lp)
-    counts = counts.index_put((ei, ri), n.to(device))
-    valid[ei, ri] = True
+    counts = counts.index_put((ei, ri), to_device(n, device))
+    valid = valid.index_put((ei, ri), torch.ones(ei.shape, dtype=torch.bool, device=device))  # no host scalar
     return logps, counts, valid

@@ -37,6 +37,7 @@ from bpo.models.logprobs import (
     model_device,
     model_dtype,
     scatter_rows,
+    to_device,
     token_logps,
 )
 
@@ -180,11 +181,11 @@ def shared_row_logps(model, batch: PrefixBatch) -> tuple[torch.Tensor, torch.Ten
         pre_pos, deltas = real_index, torch.zeros((mask.shape[0], 1), dtype=torch.long, device=device)
     # Every host-to-device copy before the prefix forward: on CUDA a (pageable) copy waits for the stream, so a
     # copy placed after the forward would stall the host until the whole prefix pass has run on the GPU.
-    rows = batch.example_index.to(device)
-    seg_ids = batch.seg_ids.to(device)
-    seg_mask = batch.seg_mask.to(device)
-    prefix_len = batch.prefix_len.to(device)
-    extras = {k: v.to(device) for k, v in batch.seg_extras.items()}
+    rows = to_device(batch.example_index, device)
+    seg_ids = to_device(batch.seg_ids, device)
+    seg_mask = to_device(batch.seg_mask, device)
+    prefix_len = to_device(batch.prefix_len, device)
+    extras = {k: to_device(v, device) for k, v in batch.seg_extras.items()}
     out = model(**pre, position_ids=pre_pos, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     del out

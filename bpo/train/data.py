@@ -69,5 +69,9 @@ def negative_matrix(examples, width: int, device=None):
     Built on the CPU and moved in one copy (a small copy per example would each wait on the GPU).
     """
     rows = [list(ex.weights) + [0.0] * (max(width - 1, 1) - len(ex.weights)) for ex in examples]
-    weights = torch.tensor(rows, dtype=torch.float32).to(device) if device is not None else torch.tensor(rows)
+    weights = torch.tensor(rows, dtype=torch.float32)
+    if device is not None:
+        from bpo.models.logprobs import to_device
+
+        weights = to_device(weights, device)
     return weights, [ex.sources[1:] for ex in examples]

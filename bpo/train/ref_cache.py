@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bpo.io import atomic_write, file_sha256, stable_hash
+from bpo.models.logprobs import to_device
 
 FORMAT_VERSION = 1
 
@@ -196,7 +197,7 @@ class ReferenceCache:
             if vals is None or len(vals) != ex.n_responses:
                 raise KeyError(f"record {ex.id}: no cached reference log-probs")
             out[b, : len(vals)] = torch.tensor(vals, dtype=torch.float32)
-        return out.to(device) if device is not None else out
+        return to_device(out, device) if device is not None else out
 
 
 def fill_cache(cache: ReferenceCache, examples, todo: list[int], compute, batch_size: int, *,
