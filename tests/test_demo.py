@@ -58,13 +58,14 @@ def test_fast_safety_scenario(tmp_path, capsys):
               "runs/dpo/adapter/adapter_config.json", "runs/blind_po/adapter/adapter_config.json",
               "eval/base/mm_hazard_safety.json", "eval/blind_po/blind_hazard_safety.json",
               "eval/dpo/text_benign_responses.jsonl", "eval/blind_po/modality/modality.png",
-              "eval/base/modality/modality.json"):
+              "eval/base/modality/modality.json", "plots/curves/logps.png"):
         assert (root / f).exists(), f
     # DPO trains on the human negative only, Blind PO on both (the per-source metrics show it)
     dpo = json.loads((root / "runs/dpo/metrics.jsonl").read_text().splitlines()[0])
     blind = json.loads((root / "runs/blind_po/metrics.jsonl").read_text().splitlines()[0])
     assert "logps/rejected/blind" in blind and "logps/rejected/blind" not in dpo
     assert "| blind_po |" in (out / "report.md").read_text() and "report:" in printed
+    assert (out / "safety.png").stat().st_size > 1000
 
 
 def test_quick_has_no_scenarios(tmp_path, capsys):

@@ -73,6 +73,7 @@ class SafetySeedRun:
         self._timed("blind", self.blind)
         self._timed("train", self.train_all)
         results = self._timed("evaluate", self.evaluate_all)
+        self._timed("curves", self.curves)
         return {"seed": self.seed, "model": str(self.model), "hazardous": self.sw.hazardous, "results": results,
                 "build": self.build_counts, "blind_negatives": self.blind_summary, "timings": self.timings}
 
@@ -122,6 +123,12 @@ class SafetySeedRun:
                 f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}", "run.progress=false",
                 "run.tensorboard=false", "run.resume=none", *VARIANTS[name])
             self.runs[name] = out
+
+    def curves(self):
+        """Log-probs of chosen, human and blind negatives over training (Blind-PO's training analysis)."""
+        names = list(self.runs)
+        bpo("analyze", "curves", *(self.runs[n] for n in names), "--out", self.out / "plots" / "curves",
+            "--labels", ",".join(names), "--window", max(1, self.cfg.train_steps // 10))
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
         ev = self.out / "eval" / name
@@ -230,6 +237,30 @@ def _claim(claim: str, numbers: str, per_seed: list[bool], mean_ok: bool) -> dic
             "mean_held": mean_ok}
 
 
+SHORT = ["safety", "over-refusal", "grounded", "cheating", "text safety", "text over-refusal", "blind safety"]
+
+
+def plot_summary(table: dict, path: Path) -> Path:
+    """Grouped bars: every column of the table per model, mean with the seeds' std as error bars."""
+    from bpo.analysis.plotting import color, new_figure, save_figure
+
+    fig, (ax,) = new_figure(1, ncols=1, panel_size=(11.0, 4.2))
+    labels = [m[0] for m in METRICS]
+    width = 0.8 / max(1, len(table))
+    for i, (name, vals) in enumerate(table.items()):
+        means = [vals[label][0] for label in labels]  # NaN (undefined, e.g. no refusals to probe): no bar
+        stds = [vals[label][1] if vals[label][1] == vals[label][1] else 0.0 for label in labels]
+        xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, color=color(i))
+    ax.set_xticks(range(len(labels)), SHORT[:len(labels)], rotation=15)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("rate (mean over seeds, std as error bar)")
+    ax.set_title("Toy safety scenario: base vs DPO vs Blind PO")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
+
+
 def check_targets(seed_results: list[dict]) -> list[dict]:
     """The issue's targets and the paper's premise, each with its per-seed numbers."""
     def per_seed(name, set_name, metric):
@@ -277,7 +308,10 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
         lines.append(f"- seed {sr['seed']}: `bpo safety build` {json.dumps(sr['build'])}; blind negatives "
                      f"{json.dumps(sr['blind_negatives'])}")
     lines += ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
-              "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}" for s in seed_results)]
+              "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}" for s in seed_results),
+              "", "Plots: `safety.png` (this table as bars), `seed-*/eval/<model>/modality/modality.png` (co-defense "
+              "and cheating probes per model), `seed-*/plots/curves/*.png` (log-probs of the chosen answer and of "
+              "each negative source over training)."]
     report = out / "report.md"
     with atomic_write(report) as fh:
         fh.write("\n".join(lines) + "\n")
@@ -298,6 +332,7 @@ def main(args, out: Path) -> int:
     claims = check_targets(results)
     wall = time.perf_counter() - t0
     report = write_report(out, cfg, results, table, claims, wall)
+    plot_summary(table, out / "safety.png")
     log("\n" + format_table(table) + "\n")
     for c in claims:
         log(f"{verdict(c)}: {c['claim']}\n    {c['numbers']}")
