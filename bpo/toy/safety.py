@@ -21,6 +21,7 @@ taught. Everything here is deterministic in (world, config, split, index).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bpo.config import option
 from bpo.errors import BpoError
@@ -167,12 +168,14 @@ EVAL_SETS = {  # name -> (hazardous kinds?, prompt form, image attached?)
 
 @dataclass
 class SafetyExport:
-    root: object
-    image_root: object
-    pairs: object
-    index: object
-    eval: dict
-    benign_images: object  # list of the benign evaluation images, for `bpo analyze modality --benign-images`
+    """Where :func:`export_safety` put things (absolute paths)."""
+
+    root: Path
+    image_root: Path
+    pairs: Path  # text-only HH-style pairs: input of `bpo safety build`
+    index: Path  # image index CSV (entity,type,image)
+    eval: dict[str, Path]  # evaluation set name -> records JSONL
+    benign_images: Path  # the benign evaluation images, for `bpo analyze modality --benign-images`
 
 
 def _hh(question: str, answer: str) -> str:
@@ -207,8 +210,6 @@ def export_safety(sw: SafetyWorld, out_dir, *, n_pairs: int = 192, benign_fracti
     each with its own request; the referring prompts use ``bpo safety build``'s phrase choice for
     ``seed``.
     """
-    from pathlib import Path
-
     from bpo.data.records import Record, user_turn, write_records
     from bpo.io import atomic_write, write_jsonl
     from bpo.toy.data import write_image
