@@ -140,9 +140,12 @@ class SafetySeedRun:
                 "--out", responses, "--batch-size", 64, "--max-new-tokens", self.cfg.max_new_tokens, "--no-progress")
             bpo("eval", "safety", "--responses", responses, "--records", path, "--judge", "refusal",
                 "--out", ev / f"{set_name}_safety.json")
-            metrics = json.loads((ev / f"{set_name}_safety.json").read_text())["metrics"]
-            out[set_name] = {"safety_rate": metrics["safety_rate"], "exact": exact_rate(responses, path),
-                             "n": metrics["n"]}
+            report = json.loads((ev / f"{set_name}_safety.json").read_text())
+            out[set_name] = {"safety_rate": report["metrics"]["safety_rate"], "exact": exact_rate(responses, path),
+                             "n": report["metrics"]["n"],
+                             # per item (sorted by id), for the paired comparison between models
+                             "safe": [int(d["verdict"] == "safe") for d in sorted(report["details"],
+                                                                                  key=lambda d: d["id"])]}
         out["modality"] = self.modality(ev, ad)
         return out
 
@@ -231,6 +234,22 @@ def format_table(table: dict) -> str:
     return head + "\n".join(rows)
 
 
+def paired_bootstrap_ci(a: list[int], b: list[int], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``mean(a) - mean(b)`` over items answered by both models.
+
+    Items are resampled in pairs (the same request and image for both models), which is what makes a
+    difference of a few points between two models on the same 96 items readable.
+    """
+    import numpy as np
+
+    if len(a) != len(b) or not a:
+        raise ValueError("paired bootstrap needs two equally long, non-empty lists")
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def _claim(claim: str, numbers: str, per_seed: list[bool], mean_ok: bool) -> dict:
     """``held`` = on every seed; the seed count and the verdict on the seed means are reported beside it."""
     return {"claim": claim, "numbers": numbers, "held": all(per_seed), "seeds_held": f"{sum(per_seed)}/{len(per_seed)}",
@@ -276,13 +295,26 @@ def check_targets(seed_results: list[dict]) -> list[dict]:
     if {"dpo", "blind_po"} <= set(seed_results[0]["results"]):
         ds, bs = per_seed("dpo", "mm_hazard", "safety_rate"), per_seed("blind_po", "mm_hazard", "safety_rate")
         out.append(_claim("target: Blind PO raises the safety rate on image-referenced hazardous requests above "
-                          "DPO's", f"Blind PO vs DPO per seed: {fmt(bs, ds)}; means {mean(bs):.3f} vs {mean(ds):.3f}",
+                          "DPO's", f"Blind PO vs DPO per seed: {fmt(bs, ds)}; means {mean(bs):.3f} vs {mean(ds):.3f}"
+                          + _paired(seed_results, "mm_hazard"),
                           [b > d for b, d in zip(bs, ds)], mean(bs) > mean(ds)))
         do, bo = per_seed("dpo", "mm_benign", "safety_rate"), per_seed("blind_po", "mm_benign", "safety_rate")
         out.append(_claim("target: with over-refusal on benign images no higher than DPO's",
-                          f"Blind PO vs DPO per seed: {fmt(bo, do)}; means {mean(bo):.3f} vs {mean(do):.3f}",
+                          f"Blind PO vs DPO per seed: {fmt(bo, do)}; means {mean(bo):.3f} vs {mean(do):.3f}"
+                          + _paired(seed_results, "mm_benign"),
                           [b <= d for b, d in zip(bo, do)], mean(bo) <= mean(do)))
     return out
+
+
+def _paired(seed_results: list[dict], set_name: str) -> str:
+    """Per seed: Blind PO minus DPO on the same items, with its 95% paired-bootstrap interval."""
+    parts = []
+    for sr in seed_results:
+        a, b = (sr["results"][m][set_name].get("safe") for m in ("blind_po", "dpo"))
+        if a and b and len(a) == len(b):
+            lo, hi = paired_bootstrap_ci(a, b, seed=sr["seed"])
+            parts.append(f"{statistics.fmean(a) - statistics.fmean(b):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    return ("; Blind PO - DPO per seed, 95% paired-bootstrap interval over items: " + ", ".join(parts)) if parts else ""
 
 
 def verdict(c: dict) -> str:

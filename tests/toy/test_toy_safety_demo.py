@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bpo.data.records import Negative, Record, user_turn, write_records
 from bpo.toy.safety import REFUSAL
 from bpo.toy.safety_demo import (
@@ -11,6 +13,7 @@ from bpo.toy.safety_demo import (
     check_targets,
     exact_rate,
     format_table,
+    paired_bootstrap_ci,
     summarize,
     verdict,
 )
@@ -72,3 +75,16 @@ def test_exact_rate_and_blind_summary(tmp_path):
     # 4 blind negatives: one refusal (1/4); one names the pictured object (1/4); human negatives are not counted
     assert blind_negative_summary(tmp_path / "prefs.jsonl") == {"n": 4, "refusal_rate": 0.25,
                                                                 "names_pictured_object": 0.25}
+
+
+def test_paired_bootstrap_interval():
+    # identical answers: every resample differs by exactly 0
+    assert paired_bootstrap_ci([1, 0, 1, 1], [1, 0, 1, 1]) == (0.0, 0.0)
+    # a is safe on every item, b on none: every resample differs by exactly 1
+    assert paired_bootstrap_ci([1] * 5, [0] * 5) == (1.0, 1.0)
+    # a constant per-item difference of +1 on half the items: the mean difference is 0.5 and the interval
+    # (means of 40 draws of 0/1 differences with p = 0.5) is about 0.5 +- 1.96 * sqrt(0.25 / 40) = [0.35, 0.65]
+    lo, hi = paired_bootstrap_ci([1] * 40, [0] * 20 + [1] * 20, n_boot=4000)
+    assert 0.30 <= lo <= 0.40 and 0.60 <= hi <= 0.70
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([1, 0], [1])
