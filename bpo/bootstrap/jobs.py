@@ -121,6 +121,9 @@ def load_input(path, *, on_error: str, limit: int | None = None) -> tuple[list[R
     return records, errors
 
 
+LATER_KEYS = ("model_files", "adapter_files")  # fingerprint keys added after shards of earlier versions exist
+
+
 def check_fingerprint(out, fingerprint: dict, rank: int) -> None:
     """Refuse to resume shards made with other settings; rank 0 records the settings."""
     path = job_path(out)
@@ -129,6 +132,13 @@ def check_fingerprint(out, fingerprint: dict, rank: int) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             old = None
+        # Shards from before jobs recorded the weights' content carry no such keys: resume them on the path
+        # alone (as then), saying so, rather than refuse every older output.
+        unrecorded = [k for k in LATER_KEYS if k in fingerprint and old is not None and k not in old]
+        if unrecorded and rank == 0:
+            print(f"note: {out}: the existing shards do not record {', '.join(unrecorded)}; resuming them on the "
+                  "model path alone", file=sys.stderr)
+        old = None if old is None else {**old, **{k: fingerprint[k] for k in unrecorded}}
         if old != fingerprint:
             keys = sorted(k for k in set(fingerprint) | set(old or {}) if (old or {}).get(k) != fingerprint.get(k))
             raise BpoError(f"{out}: existing shards were made with different settings ({', '.join(keys)}); "

@@ -50,7 +50,11 @@ def main(argv: list[str]) -> int:
     records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
     gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,
                             prompt_field=args.prompt_field, blind=args.blind)
-    summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=gen.fingerprint(),
+    from bpo.models.identity import weights_fingerprint
+
+    # The weights' content, not just their paths: a retrained adapter at the same path must not resume old answers.
+    fingerprint = {**gen.fingerprint(), **weights_fingerprint(args.model, args.adapter)}
+    summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=fingerprint,
                       chunk_size=4 * args.batch_size, on_error=args.on_error, desc="generate",
                       progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
                       input_errors=input_errors)

@@ -137,6 +137,10 @@ class SeedRun:
 
         d, c = self.data, self.cfg
         ev = self.out / "eval" / name
+        if adapter:  # retrained just now: answers of an earlier run's adapter must not be resumed
+            import shutil
+
+            shutil.rmtree(ev, ignore_errors=True)
         ad = ["--adapter", adapter] if adapter else []
         gen = ["--model", self.model, *ad, "--image-root", d.image_root, "--batch-size", 64, "--no-progress"]
         bpo("generate", "--data", d.chair, "--out", ev / "chair_responses.jsonl", *gen,

@@ -132,6 +132,10 @@ class SafetySeedRun:
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
         ev = self.out / "eval" / name
+        if adapter:  # retrained just now: answers of an earlier run's adapter must not be resumed
+            import shutil
+
+            shutil.rmtree(ev, ignore_errors=True)
         ad = ["--adapter", adapter] if adapter else []
         out = {}
         for set_name, path in self.data.eval.items():

@@ -31,60 +31,13 @@ from pathlib import Path
 import torch
 
 from bpo.io import atomic_write, file_sha256, stable_hash
+from bpo.models.identity import dir_digest, file_digest, model_identity  # noqa: F401  (re-exported)
 from bpo.models.logprobs import to_device
 
 FORMAT_VERSION = 1
 
 
 # ---- content hashes ---------------------------------------------------------------------------------
-def _hash_memo_path() -> Path:
-    from bpo.paths import cache_dir
-
-    return cache_dir("file_hashes") / "sha256.json"
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's content, memoised by (path, size, mtime, inode) so large weights hash once.
-
-    The fingerprint depends on content only; the stat tuple just avoids re-reading 14 GB each run.
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    stamp = f"{p}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-    memo_file = _hash_memo_path()
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if stamp in memo:
-        return memo[stamp]
-    digest = file_sha256(p)
-    memo = {k: v for k, v in memo.items() if not k.startswith(f"{p}|")}
-    memo[stamp] = digest
-    with atomic_write(memo_file) as fh:
-        json.dump(memo, fh)
-    return digest
-
-
-def dir_digest(path: str | os.PathLike) -> dict[str, str]:
-    """{relative path: sha256} of every regular, non-hidden file under ``path``."""
-    root = Path(path)
-    out = {}
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root)
-        if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out[rel.as_posix()] = file_digest(f)
-    return out
-
-
-def model_identity(name: str, model=None) -> dict:
-    """Local directory -> content hashes of its files; hub id -> id + resolved commit."""
-    if os.path.isdir(os.path.expanduser(name)):
-        return {"files": dir_digest(os.path.expanduser(name))}
-    config = getattr(model, "config", None)
-    return {"hub_id": name, "commit": getattr(config, "_commit_hash", None)}
-
-
 def processor_identity(processor) -> dict:
     """What of the processor changes token ids or pixels: template, vocabulary, image settings."""
     tok = processor.tokenizer

@@ -144,3 +144,29 @@ def test_help_and_bad_options(capsys, tiny_llava, data, tmp_path):
     assert main(["bootstrap", "weaken", "--model", tiny_llava, "--data", data, "--out", str(tmp_path / "o"),
                  "--steps", "1000"]) == 2
     assert "noise step must be in 0..999" in capsys.readouterr().err
+
+
+def test_generate_does_not_resume_answers_of_other_weights_at_the_same_path(tiny_llava, image_root, tmp_path,
+                                                                             capsys):
+    """The job fingerprint holds the weights' content: new weights at the old path are refused, a rewrite of
+    identical bytes (new mtime) still resumes."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llava, model)
+    data = write_jsonl(tmp_path / "eval.jsonl", [record("p1", "0.png", "Is there a dog?")])
+    argv = ["generate", "--model", str(model), "--data", data, "--image-root", image_root, "--out",
+            str(tmp_path / "resp.jsonl"), "--max-new-tokens", "3", "--no-progress"]
+    assert main(argv) == 0
+    weights = next(model.glob("*.safetensors"))
+    tensors = load_file(weights)
+    save_file(tensors, weights, metadata={"format": "pt"})  # same content, rewritten
+    capsys.readouterr()
+    assert main(argv) == 0 and "0 new, 1 resumed" in capsys.readouterr().out
+    name = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights, metadata={"format": "pt"})  # "retrained": other weights, same path
+    assert main(argv) == 2
+    assert "different settings (model_files)" in capsys.readouterr().err

@@ -129,6 +129,18 @@ def test_other_settings_are_refused_on_resume(tmp_path):
     _run(recs, data, out, Fake(), fingerprint={"generator": "fake", "seed": 0})  # same settings: fine
 
 
+def test_shards_of_older_versions_resume_without_a_weights_identity(tmp_path, capsys):
+    """Shards written before jobs recorded ``model_files`` resume on the path alone, once; from then on the
+    identity is recorded and other weights are refused."""
+    recs = _records(3)
+    data, out = _data(tmp_path, recs), tmp_path / "out.jsonl"
+    _run(recs, data, out, Fake(), fingerprint={"generator": "fake", "model": "m"})
+    _run(recs, data, out, Fake(), fingerprint={"generator": "fake", "model": "m", "model_files": "aaa"})
+    assert "do not record model_files" in capsys.readouterr().err
+    with pytest.raises(BpoError, match="different settings .*model_files"):
+        _run(recs, data, out, Fake(), fingerprint={"generator": "fake", "model": "m", "model_files": "bbb"})
+
+
 def test_kill_dash_nine_then_rerun(tmp_path, tiny_llava, image_root):
     """A real ``kill -9`` of ``bpo bootstrap self`` mid-run; the same command finishes the job."""
     from bpo.cli import main
