@@ -3,7 +3,10 @@
 A recipe is YAML with ``vars`` (defaults, overridable on the command line) and ``steps``; each step
 runs one ``bpo`` command line with ``${var}`` substituted. A step whose declared ``outputs`` exist
 and whose command is unchanged since it last succeeded is skipped, so a killed pipeline restarts
-where it stopped (the commands themselves resume too). Steps run in-process through the same CLI
+where it stopped (the commands themselves resume too). Once a step runs, every later step runs too
+(its inputs may have changed), and a step that had finished before starts over: its declared outputs
+and their resumable-job files are removed first, so no answer of older weights or data is resumed. A
+step that never finished (killed) resumes unless something before it ran. Steps run in-process through the same CLI
 entry point users type, so a recipe is exactly a list of commands a user could run by hand.
 """
 
@@ -93,27 +96,48 @@ def _digest(step: Step) -> str:
     return hashlib.sha256(step.run.encode()).hexdigest()
 
 
+def _clear_outputs(step: Step) -> list[Path]:
+    """Remove a step's declared outputs and the resumable-job files beside them; returns what was removed."""
+    from bpo.bootstrap.jobs import errors_path, job_path, shard_files
+
+    removed = []
+    for o in step.outputs:
+        out = Path(o)
+        for f in [out, job_path(out), errors_path(out), *shard_files(out), *shard_files(out, ".errors.jsonl")]:
+            if f.is_file():
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
 def run_recipe(recipe: Recipe, *, state_dir: Path, only: list[str] | None = None, force: bool = False,
                dry_run: bool = False, log=print) -> list[dict]:
     from bpo.cli import main as cli
 
     state_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    upstream_ran = False
     for i, step in enumerate(recipe.steps, 1):
         if only and step.name not in only:
             continue
         stamp = _stamp(state_dir, step)
         fresh = stamp.exists() and stamp.read_text().strip() == _digest(step)
-        done = fresh and all(Path(o).exists() for o in step.outputs) and not force
+        done = fresh and all(Path(o).exists() for o in step.outputs) and not force and not upstream_ran
         head = f"[{i}/{len(recipe.steps)}] {step.name}"
         if done:
             log(f"{head}: up to date, skipped")
             results.append({"step": step.name, "status": "skipped"})
             continue
         log(f"{head}: bpo {step.run}")
+        upstream_ran = True
         if dry_run:
             results.append({"step": step.name, "status": "planned"})
             continue
+        if stamp.exists() or force or any(r["status"] == "ran" for r in results):
+            removed = _clear_outputs(step)  # a finished step, or new inputs: start over, do not resume
+            if removed:
+                log(f"{head}: starting over (removed {len(removed)} earlier output file(s))")
+            stamp.unlink(missing_ok=True)
         t0 = time.perf_counter()
         code = cli(shlex.split(step.run))
         dt = time.perf_counter() - t0

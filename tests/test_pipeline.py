@@ -58,3 +58,37 @@ def test_steps_run_once_and_rerun_when_changed(tmp_path, pref_file, capsys):
     bad.write_text("vars: {out: o}\nsteps:\n  - {name: broken, run: 'data stats /no/such/file.jsonl'}\n")
     assert cli(["pipeline", str(bad), f"out={out}"]) == 2
     assert "pipeline step 'broken' failed" in capsys.readouterr().err
+
+
+def test_later_steps_rerun_from_scratch_after_an_earlier_step_ran(tmp_path, pref_file):
+    """Step 1's command changes -> it runs, and step 2 (unchanged) runs too, its old outputs and job files removed
+    first; a step that never finished keeps its shards for resuming when nothing before it ran."""
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "vars: {data: x, out: y, tag: a}\n"
+        "steps:\n"
+        "  - name: first\n"
+        "    run: data import ${data} --format bpo --out ${out}/first-${tag}.jsonl\n"
+        "    outputs: ['${out}/first-${tag}.jsonl']\n"
+        "  - name: second\n"
+        "    run: data import ${data} --format bpo --out ${out}/second.jsonl\n"
+        "    outputs: ['${out}/second.jsonl']\n")
+    out = tmp_path / "o"
+    state = out / ".pipeline"
+
+    def run(tag):
+        recipe = load_recipe(f, [f"data={pref_file}", f"out={out}", f"tag={tag}"])
+        return [r["status"] for r in run_recipe(recipe, state_dir=state, log=lambda *_: None)]
+
+    assert run("a") == ["ran", "ran"]
+    stale = [out / "second.jsonl.shard-0.jsonl", out / "second.jsonl.job.json"]
+    for p in stale:
+        p.write_text("{}\n")
+    assert run("a") == ["skipped", "skipped"] and all(p.exists() for p in stale)
+    assert run("b") == ["ran", "ran"]  # second's command is unchanged, but its input step ran
+    assert not any(p.exists() for p in stale) and (out / "second.jsonl").exists()
+    # a killed step (no stamp) with nothing run before it: its job files are left for the command to resume
+    (state / "second.done").unlink()
+    for p in stale:
+        p.write_text("{}\n")
+    assert run("b") == ["skipped", "ran"] and all(p.exists() for p in stale)
