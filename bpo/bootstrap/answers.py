@@ -7,6 +7,8 @@
   conversation with every image part and image removed (:meth:`Record.without_images`; not the
   original text-only prompt), answered by the base model, greedy by default as in their
   ``infer_json.py``. The answer lacks the visual information and becomes a second rejected response.
+  A record without images has no blind version (its "blind" answer would be the model's ordinary
+  answer): it is passed through unchanged, with no new negative, and counted in ``passed_through``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class AnswerGenerator:
     def __init__(self, engine, settings: SamplingSettings, *, model: str, blind: bool):
         self.engine, self.settings, self.model_name, self.blind = engine, settings, model, blind
         self.source = "blind" if blind else "self"
+        self.passed_through = 0
 
     def meta(self) -> dict:
         return {"generator": self.source, "model": self.model_name, "backend": self.engine.name,
@@ -31,8 +34,13 @@ class AnswerGenerator:
         return self.meta()
 
     def process(self, records: list[Record]) -> list[Outcome]:
-        requests = [Request(r.id, r.without_images() if self.blind else r) for r in records]
         out = []
+        if self.blind:
+            text_only = [r for r in records if not r.images]
+            self.passed_through += len(text_only)
+            out += [Outcome(r.id, row=record_row(r, [])) for r in text_only]
+            records = [r for r in records if r.images]
+        requests = [Request(r.id, r.without_images() if self.blind else r) for r in records]
         for rec, gen in zip(records, self.engine.generate(requests, self.settings)):
             if gen.error is not None:
                 out.append(Outcome(rec.id, error=gen.error))

@@ -136,6 +136,9 @@ def run_generator(args, build, desc: str) -> int:
                       desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
                       input_errors=input_errors)
     print(summary.line(desc))
+    if getattr(generator, "passed_through", 0):
+        print(f"note: {generator.passed_through} record(s) without images have no blind version; written unchanged, "
+              "with no blind negative")
     return 0
 
 

@@ -170,3 +170,16 @@ def test_generate_does_not_resume_answers_of_other_weights_at_the_same_path(tiny
     save_file(tensors, weights, metadata={"format": "pt"})  # "retrained": other weights, same path
     assert main(argv) == 2
     assert "different settings (model_files)" in capsys.readouterr().err
+
+
+def test_blind_passes_text_only_records_through(tiny_llava, image_root, tmp_path, capsys):
+    """A text-only record has no blind version: it is written unchanged, without a blind negative, and counted."""
+    rows = [record("img", "0.png", "Describe the image."), record("txt", None, "How do I bake bread?"),
+            record("txt2", None, "And cake?")]
+    data = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    out = tmp_path / "blind.jsonl"
+    assert main(["bootstrap", "blind", *_common(tiny_llava, data, image_root, out)]) == 0
+    got = {r["id"]: r for r in read_rows(out)}
+    assert [n["source"] for n in got["img"]["rejected"]] == ["blind"]
+    assert got["txt"]["rejected"] == [] and got["txt"]["prompt"] == rows[1]["prompt"]
+    assert "note: 2 record(s) without images have no blind version" in capsys.readouterr().out
