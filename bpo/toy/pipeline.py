@@ -61,8 +61,10 @@ def bpo(*args) -> None:
         raise BpoError(f"demo stage failed: bpo {shlex.join(argv)} (exit {code})")
 
 
-class SeedRun:
-    def __init__(self, cfg: DemoConfig, out: Path, seed: int, log):
+class StagedRun:
+    """One seed of a demo: its output folder, and each stage timed and logged (shared by both scenarios)."""
+
+    def __init__(self, cfg, out: Path, seed: int, log):
         self.cfg, self.out, self.seed, self.log = cfg, out / f"seed-{seed}", seed, log
         self.timings: dict[str, float] = {}
 
@@ -73,6 +75,30 @@ class SeedRun:
         self.log(f"  [seed {self.seed}] {name}: {self.timings[name]}s")
         return result
 
+    def pretrained(self, safety=None) -> Path:
+        """The toy model for this seed (``cfg.pretrain_overrides``, optional ``world`` key), cached."""
+        from bpo.config import from_dict
+        from bpo.toy.pretrain import RecipeConfig, pretrain
+        from bpo.toy.world import WorldConfig
+
+        over = dict(self.cfg.pretrain_overrides)
+        world_cfg = from_dict(WorldConfig, over.pop("world", {}))
+        recipe = from_dict(RecipeConfig, {"seed": self.seed, **over})
+        return pretrain(world_cfg, recipe, safety=safety, log=lambda s: self.log("  " + s)).path
+
+    def train(self, name: str, data: Path, image_root: Path, *extra: str) -> Path:
+        """``bpo train`` with the demo's shared budget (steps, batch, LR, LoRA, beta, NLL weight): equal for all
+        variants, which differ only in ``extra``."""
+        c, out = self.cfg, self.out / "runs" / name
+        bpo("train", f"model.name={self.model}", f"data.train={data}", f"data.image_root={image_root}",
+            f"run.output_dir={out}", f"run.max_steps={c.train_steps}", f"run.batch_size={c.batch_size}",
+            f"optim.lr={c.lr}", "optim.warmup_steps=0", f"lora.r={c.lora_r}", f"lora.alpha={2 * c.lora_r}",
+            "lora.dropout=0.0", f"loss.beta={c.beta}", f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}",
+            "run.progress=false", "run.tensorboard=false", "run.resume=none", *extra)
+        return out
+
+
+class SeedRun(StagedRun):
     def run(self) -> dict:
         self._timed("pretrain", self.pretrain)
         self._timed("export", self.export)
@@ -84,14 +110,7 @@ class SeedRun:
                 "noise": self.noise}
 
     def pretrain(self):
-        from bpo.config import from_dict
-        from bpo.toy.pretrain import RecipeConfig, pretrain
-        from bpo.toy.world import WorldConfig
-
-        over = dict(self.cfg.pretrain_overrides)
-        world_cfg = from_dict(WorldConfig, over.pop("world", {}))
-        recipe = from_dict(RecipeConfig, {"seed": self.seed, **over})
-        self.model = pretrain(world_cfg, recipe, log=lambda s: self.log("  " + s)).path
+        self.model = self.pretrained()
 
     def export(self):
         from bpo.toy.data import export
@@ -118,18 +137,10 @@ class SeedRun:
         bpo("bootstrap", "self", "--data", d.train, "--out", self.files["self"], *common)
 
     def train_all(self):
-        c = self.cfg
         self.runs = {}
-        for name in c.variants:
+        for name in self.cfg.variants:
             key, extra = VARIANTS[name]
-            out = self.out / "runs" / name
-            bpo("train", f"model.name={self.model}", f"data.train={self.files[key]}",
-                f"data.image_root={self.data.image_root}", f"run.output_dir={out}", f"run.max_steps={c.train_steps}",
-                f"run.batch_size={c.batch_size}", f"optim.lr={c.lr}", "optim.warmup_steps=0",
-                f"lora.r={c.lora_r}", f"lora.alpha={2 * c.lora_r}", "lora.dropout=0.0", f"loss.beta={c.beta}",
-                f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}", "run.progress=false",
-                "run.tensorboard=false", "run.resume=none", *extra)
-            self.runs[name] = out
+            self.runs[name] = self.train(name, self.files[key], self.data.image_root, *extra)
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
         from bpo.models.loading import load
@@ -317,7 +328,6 @@ def check_claims(seed_results: list[dict], out: Path) -> list[dict]:
 
 def write_report(out: Path, cfg: DemoConfig, seed_results: list[dict], table: dict, claims: list[dict],
                  wall: float) -> Path:
-    from bpo.io import atomic_write, write_json
 
     lines = ["# bpo demo: Bootstrapped PO in the toy world", "",
              f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; wall time {wall:.0f}s. "
@@ -337,11 +347,20 @@ def write_report(out: Path, cfg: DemoConfig, seed_results: list[dict], table: di
               "|---|" + "---|" * len(seed_results[0]["noise"])]
     for sr in seed_results:
         lines.append(f"| {sr['seed']} | " + " | ".join(f"{r['chair_i']:.3f}" for r in sr["noise"]) + " |")
-    lines += ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
-              "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}" for s in seed_results),
-              "", "Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps) and "
-              "`seed-*/plots/noise/` (probability of the partner's colour vs another absent colour after "
-              "\"a A and a\" as the noise step grows, with the answers per step)."]
+    plots = ("Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps) and "
+             "`seed-*/plots/noise/` (probability of the partner's colour vs another absent colour after "
+             "\"a A and a\" as the noise step grows, with the answers per step).")
+    return write_outputs(out, lines, plots, cfg, seed_results, table, claims, wall)
+
+
+def write_outputs(out: Path, lines: list[str], plots: str, cfg, seed_results: list[dict], table: dict,
+                  claims: list[dict], wall: float) -> Path:
+    """Finish a demo report (setup, stage timings, plots) and write ``report.md`` and ``summary.json``."""
+    from bpo.io import atomic_write, write_json
+
+    lines = lines + ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
+                     "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}"
+                                                                for s in seed_results), "", plots]
     report = out / "report.md"
     with atomic_write(report) as fh:
         fh.write("\n".join(lines) + "\n")
@@ -364,8 +383,14 @@ def main(args, out: Path) -> int:
     claims = check_claims(results, out)
     wall = time.perf_counter() - t0
     report = write_report(out, cfg, results, table, claims, wall)
-    log("\n" + format_table(table) + "\n")
-    for c in claims:
-        log(f"{'held' if c['held'] else 'did NOT hold'}: {c['claim']}\n    {c['numbers']}")
-    log(f"\nreport: {report}\nsummary: {out / 'summary.json'}\nwall time: {wall:.0f}s")
+    log_results(log, format_table(table), [f"{'held' if c['held'] else 'did NOT hold'}: {c['claim']}\n    "
+                                           f"{c['numbers']}" for c in claims], report, out, wall)
     return 0
+
+
+def log_results(log, table_text: str, claim_lines: list[str], report: Path, out: Path, wall: float) -> None:
+    """The end of a demo run on the terminal: the table, each claim with its numbers, where the files are."""
+    log("\n" + table_text + "\n")
+    for line in claim_lines:
+        log(line)
+    log(f"\nreport: {report}\nsummary: {out / 'summary.json'}\nwall time: {wall:.0f}s")

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import _stats, bpo
+from bpo.toy.pipeline import StagedRun, _stats, bpo, log_results, write_outputs
 
 
 @dataclass
@@ -54,18 +54,7 @@ SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_to
 VARIANTS = {"dpo": ["data.sources=human"], "blind_po": ["data.sources=human,blind"]}
 
 
-class SafetySeedRun:
-    def __init__(self, cfg: SafetyDemoConfig, out: Path, seed: int, log):
-        self.cfg, self.out, self.seed, self.log = cfg, out / f"seed-{seed}", seed, log
-        self.timings: dict[str, float] = {}
-
-    def _timed(self, name, fn):
-        t0 = time.perf_counter()
-        result = fn()
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        self.log(f"  [seed {self.seed}] {name}: {self.timings[name]}s")
-        return result
-
+class SafetySeedRun(StagedRun):
     def run(self) -> dict:
         self._timed("pretrain", self.pretrain)
         self._timed("export", self.export)
@@ -79,15 +68,10 @@ class SafetySeedRun:
 
     def pretrain(self):
         from bpo.config import from_dict
-        from bpo.toy.pretrain import RecipeConfig, load_safety, pretrain
+        from bpo.toy.pretrain import load_safety
         from bpo.toy.safety import SafetyConfig
-        from bpo.toy.world import WorldConfig
 
-        over = dict(self.cfg.pretrain_overrides)
-        world_cfg = from_dict(WorldConfig, over.pop("world", {}))
-        recipe = from_dict(RecipeConfig, {"seed": self.seed, **over})
-        safety = from_dict(SafetyConfig, dict(self.cfg.safety))
-        self.model = pretrain(world_cfg, recipe, safety=safety, log=lambda s: self.log("  " + s)).path
+        self.model = self.pretrained(safety=from_dict(SafetyConfig, dict(self.cfg.safety)))
         self.sw = load_safety(self.model)
 
     def export(self):
@@ -112,17 +96,8 @@ class SafetySeedRun:
         self.blind_summary = blind_negative_summary(self.prefs)
 
     def train_all(self):
-        c = self.cfg
-        self.runs = {}
-        for name in c.variants:
-            out = self.out / "runs" / name
-            bpo("train", f"model.name={self.model}", f"data.train={self.prefs}",
-                f"data.image_root={self.data.image_root}", f"run.output_dir={out}", f"run.max_steps={c.train_steps}",
-                f"run.batch_size={c.batch_size}", f"optim.lr={c.lr}", "optim.warmup_steps=0",
-                f"lora.r={c.lora_r}", f"lora.alpha={2 * c.lora_r}", "lora.dropout=0.0", f"loss.beta={c.beta}",
-                f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}", "run.progress=false",
-                "run.tensorboard=false", "run.resume=none", *VARIANTS[name])
-            self.runs[name] = out
+        self.runs = {name: self.train(name, self.prefs, self.data.image_root, *VARIANTS[name])
+                     for name in self.cfg.variants}
 
     def curves(self):
         """Log-probs of chosen, human and blind negatives over training (Blind-PO's training analysis)."""
@@ -328,7 +303,6 @@ def verdict(c: dict) -> str:
 
 def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], table: dict, claims: list[dict],
                  wall: float) -> Path:
-    from bpo.io import atomic_write, write_json
 
     lines = ["# bpo demo --scenario safety: Blind PO in the toy world", "",
              f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; wall time {wall:.0f}s. Mean ± std over "
@@ -343,17 +317,10 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
     for sr in seed_results:
         lines.append(f"- seed {sr['seed']}: `bpo safety build` {json.dumps(sr['build'])}; blind negatives "
                      f"{json.dumps(sr['blind_negatives'])}")
-    lines += ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
-              "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}" for s in seed_results),
-              "", "Plots: `safety.png` (this table as bars), `seed-*/eval/<model>/modality/modality.png` (co-defense "
-              "and cheating probes per model), `seed-*/plots/curves/*.png` (log-probs of the chosen answer and of "
-              "each negative source over training)."]
-    report = out / "report.md"
-    with atomic_write(report) as fh:
-        fh.write("\n".join(lines) + "\n")
-    write_json(out / "summary.json", {"config": cfg.__dict__, "table": table, "claims": claims,
-                                      "seeds": seed_results, "wall_s": wall})
-    return report
+    plots = ("Plots: `safety.png` (this table as bars), `seed-*/eval/<model>/modality/modality.png` (co-defense "
+             "and cheating probes per model), `seed-*/plots/curves/*.png` (log-probs of the chosen answer and of "
+             "each negative source over training).")
+    return write_outputs(out, lines, plots, cfg, seed_results, table, claims, wall)
 
 
 def main(args, out: Path) -> int:
@@ -369,8 +336,6 @@ def main(args, out: Path) -> int:
     wall = time.perf_counter() - t0
     report = write_report(out, cfg, results, table, claims, wall)
     plot_summary(table, out / "safety.png")
-    log("\n" + format_table(table) + "\n")
-    for c in claims:
-        log(f"{verdict(c)}: {c['claim']}\n    {c['numbers']}")
-    log(f"\nreport: {report}\nsummary: {out / 'summary.json'}\nwall time: {wall:.0f}s")
+    log_results(log, format_table(table), [f"{verdict(c)}: {c['claim']}\n    {c['numbers']}" for c in claims],
+                report, out, wall)
     return 0
