@@ -6,8 +6,8 @@ and whose command is unchanged since it last succeeded is skipped, so a killed p
 where it stopped (the commands themselves resume too). Once a step runs, every later step runs too
 (its inputs may have changed), and a step that had finished before starts over: its declared outputs
 and their resumable-job files are removed first, so no answer of older weights or data is resumed. A
-step that never finished (killed) resumes unless something before it ran. Steps run in-process through the same CLI
-entry point users type, so a recipe is exactly a list of commands a user could run by hand.
+step that never finished (killed) resumes unless something before it ran. Steps run in-process
+through the same CLI entry point users type, so a recipe is exactly a list of commands a user could run by hand.
 """
 
 from __future__ import annotations
@@ -129,11 +129,11 @@ def run_recipe(recipe: Recipe, *, state_dir: Path, only: list[str] | None = None
             results.append({"step": step.name, "status": "skipped"})
             continue
         log(f"{head}: bpo {step.run}")
-        upstream_ran = True
+        inputs_changed, upstream_ran = upstream_ran, True
         if dry_run:
             results.append({"step": step.name, "status": "planned"})
             continue
-        if stamp.exists() or force or any(r["status"] == "ran" for r in results):
+        if stamp.exists() or force or inputs_changed:
             removed = _clear_outputs(step)  # a finished step, or new inputs: start over, do not resume
             if removed:
                 log(f"{head}: starting over (removed {len(removed)} earlier output file(s))")

@@ -120,20 +120,18 @@ def _parser() -> argparse.ArgumentParser:
 def run_generator(args, build, desc: str) -> int:
     """Load the input, build the generator (after the distributed context is known), run, report."""
     from bpo.bootstrap.jobs import dist_context, load_input, run_job
+    from bpo.models.identity import weights_fingerprint
 
     rank, world, barrier, device = dist_context()
     records, input_errors = load_input(args.data, on_error=args.on_error, limit=args.limit)
     generator = build(device)
-    from bpo.models.identity import weights_fingerprint
-
     # The weights' content, not just their paths: other weights at the same path must not resume old negatives.
     backend = getattr(args, "backend", "self")  # only inject has backends; openai / rules have no local weights
     model = {"self": getattr(args, "model", None), "hf": getattr(args, "lm", None)}.get(backend)
     weights = weights_fingerprint(model, getattr(args, "adapter", None) if backend == "self" else None)
     summary = run_job(records, generator.process, out=args.out, data=args.data,
                       fingerprint={**generator.fingerprint(), **weights}, chunk_size=4 * args.batch_size,
-                      on_error=args.on_error,
-                      desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
+                      on_error=args.on_error, desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
                       input_errors=input_errors)
     print(summary.line(desc))
     if getattr(generator, "passed_through", 0):

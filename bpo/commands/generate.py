@@ -41,6 +41,7 @@ def main(argv: list[str]) -> int:
     from bpo.commands.bootstrap import engine_from_args, settings_from
     from bpo.errors import BpoError
     from bpo.eval.generate import ResponseGenerator, read_eval_records
+    from bpo.models.identity import weights_fingerprint
 
     if not args.model:
         raise BpoError("pass --model (a model directory or hub id)")
@@ -50,8 +51,6 @@ def main(argv: list[str]) -> int:
     records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
     gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,
                             prompt_field=args.prompt_field, blind=args.blind)
-    from bpo.models.identity import weights_fingerprint
-
     # The weights' content, not just their paths: a retrained adapter at the same path must not resume old answers.
     fingerprint = {**gen.fingerprint(), **weights_fingerprint(args.model, args.adapter)}
     summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=fingerprint,

@@ -176,17 +176,17 @@ def blind_negative_summary(prefs: Path) -> dict:
 
 
 # ---- summary ------------------------------------------------------------------------------------------
-# (label, eval set, metric, what it means)
+# (label, short label for plots, eval set, metric, what it means)
 METRICS = [
-    ("safety (image-referenced hazardous)", "mm_hazard", "safety_rate", "higher is better: the target"),
-    ("over-refusal (benign images)", "mm_benign", "safety_rate", "lower is better: refusing benign pictures"),
-    ("grounded answers (benign images)", "mm_benign", "exact", "higher is better: the right object named"),
-    ("cheating: refusals kept with a benign image swapped in", "modality", "kept_rate",
+    ("safety (image-referenced hazardous)", "safety", "mm_hazard", "safety_rate", "higher is better: the target"),
+    ("over-refusal (benign images)", "over-refusal", "mm_benign", "safety_rate", "lower is better: refusing benign pictures"),
+    ("grounded answers (benign images)", "grounded", "mm_benign", "exact", "higher is better: the right object named"),
+    ("cheating: refusals kept with a benign image swapped in", "cheating", "modality", "kept_rate",
      "lower is better: of the hazardous requests refused, the share still refused when the image is swapped "
      "for a benign one, words unchanged (the paper's probe, `bpo analyze modality`; n/a when nothing was refused)"),
-    ("text-only safety", "text_hazard", "safety_rate", "co-defense: the object named in the text"),
-    ("text-only over-refusal", "text_benign", "safety_rate", "lower is better"),
-    ("blind safety (image removed)", "blind_hazard", "safety_rate", "co-defense: the referring words alone"),
+    ("text-only safety", "text safety", "text_hazard", "safety_rate", "co-defense: the object named in the text"),
+    ("text-only over-refusal", "text over-refusal", "text_benign", "safety_rate", "lower is better"),
+    ("blind safety (image removed)", "blind safety", "blind_hazard", "safety_rate", "co-defense: the referring words alone"),
 ]
 
 
@@ -198,7 +198,7 @@ def summarize(seed_results: list[dict]) -> dict:
     table = {}
     for name in seed_results[0]["results"]:
         table[name] = {label: _stats([value(sr["results"][name], s, m) for sr in seed_results])
-                       for label, s, m, _ in METRICS}
+                       for label, _, s, m, _ in METRICS}
     return table
 
 
@@ -235,9 +235,6 @@ def _claim(claim: str, numbers: str, per_seed: list[bool], mean_ok: bool) -> dic
             "mean_held": mean_ok}
 
 
-SHORT = ["safety", "over-refusal", "grounded", "cheating", "text safety", "text over-refusal", "blind safety"]
-
-
 def plot_summary(table: dict, path: Path) -> Path:
     """Grouped bars: every column of the table per model, mean with the seeds' std as error bars."""
     from bpo.analysis.plotting import color, new_figure, save_figure
@@ -250,7 +247,7 @@ def plot_summary(table: dict, path: Path) -> Path:
         stds = [vals[label][1] if vals[label][1] == vals[label][1] else 0.0 for label in labels]
         xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=name, color=color(i))
-    ax.set_xticks(range(len(labels)), SHORT[:len(labels)], rotation=15)
+    ax.set_xticks(range(len(labels)), [m[1] for m in METRICS], rotation=15)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("rate (mean over seeds, std as error bar)")
     ax.set_title("Toy safety scenario: base vs DPO vs Blind PO")
@@ -309,7 +306,7 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
              f"seeds; every rate is over {cfg.n_eval} evaluation images (or requests) per seed, judged by "
              "`bpo eval safety --judge refusal`. Hazardous kinds: "
              + ", ".join(seed_results[0]["hazardous"]) + ".", "",
-             format_table(table), "", "Columns: " + "; ".join(f"*{label}*: {what}" for label, _, _, what in METRICS),
+             format_table(table), "", "Columns: " + "; ".join(f"*{label}*: {what}" for label, _, _, _, what in METRICS),
              "", "## Targets and premises, measured", ""]
     for c in claims:
         lines.append(f"- **{verdict(c)}**: {c['claim']}. {c['numbers']}")

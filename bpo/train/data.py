@@ -11,6 +11,7 @@ import random
 import torch
 
 from bpo.errors import BpoError
+from bpo.models.logprobs import to_device
 
 
 def select_negatives(records, sources: list[str], max_negatives: int):
@@ -71,7 +72,5 @@ def negative_matrix(examples, width: int, device=None):
     rows = [list(ex.weights) + [0.0] * (max(width - 1, 1) - len(ex.weights)) for ex in examples]
     weights = torch.tensor(rows, dtype=torch.float32)
     if device is not None:
-        from bpo.models.logprobs import to_device
-
         weights = to_device(weights, device)
     return weights, [ex.sources[1:] for ex in examples]
