@@ -211,6 +211,10 @@ def run(args) -> int:
     answered = {rid.split("/", 1)[0] for rid in responses}
     splits = [s for s in (args.splits or SPLITS) if args.splits or s in answered]
     truth = {it["id"]: it for s in splits for it in split_items(data, s, args.questions)}
+    if args.splits:  # answers to the splits not asked for are left out, not errors
+        responses = {rid: row for rid, row in responses.items() if rid.split("/", 1)[0] in splits}
+        if not responses:
+            raise BpoError(f"no response in {args.responses} is for split(s) {', '.join(splits)}")
     joined = join(responses, truth, on_missing=args.on_missing, responses_path=args.responses,
                   truth_path=f"{args.questions} (splits {', '.join(splits)})")
     items = [(it, row["response"]) for _, row, it in joined.items]
