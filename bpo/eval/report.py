@@ -23,10 +23,12 @@ from bpo.io import file_sha256, read_json, write_json, write_jsonl
 
 # Direction of the last component of a metric name; others (counts, yes_ratio) are neutral.
 HIGHER_IS_BETTER = frozenset({"recall", "accuracy", "precision", "f1", "safety_rate", "total", "score",
-                              "relative_score", "judgment_accuracy"})
+                              "relative_score", "judgment_accuracy",
+                              "cover", "amber_score", "win_rate"})  # AMBER, VLGuard
 LOWER_IS_BETTER = frozenset({"chair_s", "chair_i", "attack_success_rate", "unknown_rate", "unknown_ratio",
                              "inconsistent_rate", "consistent_wrong_rate",
-                             "unknown"})
+                             "unknown",
+                             "chair", "hal", "cog", "refusal_rate"})  # AMBER, VLGuard
 
 
 def build_report(task: str, metrics: dict, *, details: list[dict] | None = None,
