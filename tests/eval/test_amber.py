@@ -138,6 +138,14 @@ def test_similarity_filter_follows_the_reference():
     assert spacy_like["cog"] == ["cat"]
 
 
+def test_lookup_order_is_the_references():
+    # associated words are looked up before the objects themselves: "ground" (associated with grass) covers
+    # grass, not the listed ground, as in AMBER's inference.py
+    data = amber.AmberData({}, RELATION, frozenset(), {})
+    item = amber.generative_item(["ground"], ["grass", "ground"], ["cat"], data)
+    assert item["covered"] == ["grass"] and item["missed"] == ["ground"] and item["hallucinated"] == []
+
+
 def test_rules_nouns_case_plural_and_ambiguous_words():
     data = amber.AmberData({}, RELATION, frozenset(), {w.lower(): w for k, v in RELATION.items() for w in (k, *v)})
     assert amber.nouns_rules("Two dogs watch TV; people can see the trees.", data) == ["dog", "TV", "people", "tree"]
