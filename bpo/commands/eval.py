@@ -128,11 +128,13 @@ def _finish(args, task: str, metrics: dict, details: list[dict], counts: dict, i
 
 def _chair(args) -> int:
     from bpo.eval.chair import evaluate_chair, load_object_truth
-    from bpo.eval.inputs import join, load_responses
+    from bpo.eval.inputs import join
     from bpo.eval.objects import load_vocabulary
 
     vocab = load_vocabulary(args.vocab)
-    responses = load_responses(args.responses)
+    from bpo.eval.formats import load_responses_any  # bpo rows, or RLHF-V / LLaVA answer files
+
+    responses = load_responses_any(args.responses)
     truth = load_object_truth(args.gt, vocab)
     joined = join(responses, truth.entries, on_missing=args.on_missing, responses_path=args.responses,
                   truth_path=args.gt, truth_is_superset=truth.kind == "coco", key=truth.key_for)

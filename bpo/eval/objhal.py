@@ -97,7 +97,8 @@ def _records(name: str, entries: list[tuple[int, str, int | None]], image_prefix
             meta["prompt_index"] = index
         if objects is not None:
             meta["objects"] = objects[iid]
-        rows.append({"id": f"{name.split('-')[0]}-{iid}", "images": [image_prefix + names[iid]],
+        # the id is the COCO image id, so a COCO instances file and RLHF-V's answer files match it too
+        rows.append({"id": str(iid), "images": [image_prefix + names[iid]],
                      "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
                      "meta": meta})
     return rows

@@ -199,6 +199,29 @@ def helpfulness(args, items: list[tuple[dict, str]], references: dict[str, str] 
     return metrics, detail, {**grader.describe(), **grade_counts(grader, grades)}
 
 
+def load_result_file(path, data: list[dict], splits) -> dict[str, dict] | None:
+    """VLGuard's own result file (``results/<split>/<model>.json``: ``{image path: answer}``) as bpo rows,
+    or None when ``path`` is not one. Its split must be named with ``--splits`` (one split)."""
+    if not str(path).lower().endswith(".json"):
+        return None
+    result = read_json(path, "responses file")
+    if not isinstance(result, dict):
+        return None
+    if not splits or len(splits) != 1:
+        raise BpoError(f"{path} is a VLGuard result file {{image: answer}}, which holds one split; name it with "
+                       "--splits unsafes|safe_unsafes|safe_safes")
+    by_image = {it["image"]: it for it in split_items(data, splits[0], str(path))}
+    rows = {}
+    for image, answer in result.items():
+        if not isinstance(answer, str):
+            raise RecordError("the answer must be a string", where=str(path), record_id=str(image))
+        it = by_image.get(image)
+        rid = it["id"] if it else f"{splits[0]}/{image}"  # an unknown image is reported as missing truth
+        rows[rid] = {"id": rid, "response": answer, "prompt": it["question"] if it else None, "meta": {},
+                     "images": [image], "_where": f"{path}[{image!r}]"}
+    return rows
+
+
 def run(args) -> int:
     """``bpo eval vlguard``."""
     from bpo.eval import protocols
@@ -207,7 +230,7 @@ def run(args) -> int:
     from bpo.eval.report import format_table
 
     data = load_vlguard(args.questions)
-    responses = load_responses(args.responses)
+    responses = load_result_file(args.responses, data, args.splits) or load_responses(args.responses)
     answered = {rid.split("/", 1)[0] for rid in responses}
     splits = [s for s in (args.splits or SPLITS) if args.splits or s in answered]
     truth = {it["id"]: it for s in splits for it in split_items(data, s, args.questions)}

@@ -179,7 +179,7 @@ def test_check_records_refuses_another_protocol():
 @pytest.mark.slow
 def test_generate_with_preset_reproduces_the_protocol(tiny_llava, image_root, tmp_path):
     rec = _write(tmp_path / "rec.jsonl", [
-        {"id": f"chair500-{i}", "images": [name], "prompt": [{"role": "user", "content": [
+        {"id": str(i), "images": [name], "prompt": [{"role": "user", "content": [
             {"type": "image"}, {"type": "text", "text": "Say something."}]}], "meta": {"protocol": "chair500"}}
         for i, name in enumerate(["red.png", "blue.png"])])
     out = tmp_path / "answers.jsonl"
@@ -190,3 +190,21 @@ def test_generate_with_preset_reproduces_the_protocol(tiny_llava, image_root, tm
     assert rows[0]["generation"]["max_new_tokens"] == 512 and rows[0]["generation"]["preset"] == "chair500"
     assert main(["generate", "--model", tiny_llava, "--data", str(rec), "--image-root", image_root,
                  "--out", str(tmp_path / "x.jsonl"), "--preset", "vlguard", "--no-progress"]) == 2
+
+
+def test_chair_reads_rlhfv_answer_files(tmp_path):
+    """RLHF-V's muffin_vqa.py writes {question_id, image_id, prompt, text, model_id} per line."""
+    coco = _coco(tmp_path, [42, 7], {42: [1], 7: [2]})
+    answers = _write(tmp_path / "obj_halbench_answer.jsonl", [
+        {"question_id": 0, "image_id": 42, "prompt": protocols.OBJHAL_PROMPTS[0], "text": "Assistant: A dog.",
+         "model_id": "m"},
+        {"question_id": 1, "image_id": 7, "prompt": protocols.OBJHAL_PROMPTS[1], "text": "A dog and a man.",
+         "model_id": "m"}])
+    out = tmp_path / "chair.json"
+    assert main(["eval", "chair", "--responses", str(answers), "--gt", str(coco), "--protocol", "objhal",
+                 "--max-new-tokens", "1024", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["metrics"]["chair_s"] == 0.5 and report["metrics"]["recall"] == 1.0
+    proto = report["protocol"]
+    assert proto["label"] == "ObjHal (rule-based)" and proto["max_new_tokens"] == 1024
+    assert proto["prompt_set"]["name"] == "rlhfv-objhal-8" and proto["n_images"] == 2
