@@ -403,14 +403,8 @@ def _check_prompts(rows: list[dict], queries: dict[int, str] | None) -> int:
                and " ".join(r["prompt"].split()) != " ".join(queries[int(r["id"])].split()))
 
 
-def run(args) -> int:
-    """``bpo eval amber``."""
-    from bpo.eval import protocols
-    from bpo.eval.judged import finish
-
-    annotations, relation, safe_words = _data_paths(args)
-    data = load_amber(annotations, relation, safe_words)
-    responses = load_amber_responses(args.responses)
+def _matched(args, data: AmberData, responses: dict[int, dict], annotations: str):
+    """``(matched rows, dimensions, counts)``: every item of the evaluation type must be answered."""
     wanted, dims = select_ids(data, args.evaluation_type, set(responses))
     unknown = sorted(rid for rid in responses if rid not in wanted)
     missing = sorted(rid for rid in wanted if rid not in responses)
@@ -426,27 +420,24 @@ def run(args) -> int:
     matched = {rid: row for rid, row in responses.items() if rid in wanted}
     if not matched:
         raise BpoError(f"no response id in {args.responses} is an item of {annotations}")
-    similar = spacy_similarity(args.spacy_model, args.similarity) if args.matching == "spacy" else None
-    if args.matching == "spacy" and "generative" not in dims:
-        similar = None
-    metrics, details = evaluate_amber(matched, data, nouns=args.nouns, similar=similar, answers=args.answers)
+    return matched, dims, {"matched": len(matched), "missing_response": len(missing),
+                           "not_in_evaluation_type": len(unknown)}
+
+
+def _protocol(args, matched: dict[int, dict], dims: tuple[str, ...], scoring: dict) -> dict:
+    """The protocol block: amber-g / amber-d, images and prompts checked against ``--queries``."""
+    from bpo.eval import protocols
+
     rows = list(matched.values())
     query_rows = _query_rows(args.queries) if args.queries else None
     queries = {rid: q["query"] for rid, q in query_rows.items()} if query_rows else None
     off_prompt = _check_prompts(rows, queries)
     prompts = [queries[rid] for rid in matched if rid in queries] if queries and not any(
         isinstance(r.get("prompt"), str) for r in rows) else None
-    from bpo.eval.protocols import row_images
-
     images = None  # AMBER's own response format names no image: take them from the query file
-    if query_rows and not all(row_images(r) for r in rows):
+    if query_rows and not all(protocols.row_images(r) for r in rows):
         images = [query_rows[rid]["image"] for rid in matched if rid in query_rows]
     name = "amber-g" if dims == ("generative",) else "amber-d" if "generative" not in dims else None
-    scoring = {"evaluation_type": args.evaluation_type if args.evaluation_type != "auto" else "+".join(dims),
-               "matching": (f"spacy:{args.spacy_model}>{args.similarity}" if similar is not None
-                            else "offline:exact+amber-associations"),
-               "nouns": "nltk:pos-tag+wordnet" if args.nouns == "nltk" else "rules:bpo-singularize",
-               "answers": "exact:Yes/No" if args.answers == "exact" else "parse:bpo.eval.pope.parse_yes_no"}
     notes = [f"{off_prompt} response(s) were asked a prompt other than AMBER's query"] if off_prompt else None
     block = protocols.describe("amber", rows, protocol=name, config={}, scoring=scoring,
                                max_new_tokens=args.max_new_tokens, prompts=prompts, notes=notes, images=images)
@@ -460,8 +451,27 @@ def run(args) -> int:
             ps["name"] += " (unverified: pass --queries)"
     if off_prompt:
         print(f"note: {notes[0]}")
+    return block
+
+
+def run(args) -> int:
+    """``bpo eval amber``."""
+    from bpo.eval.judged import finish
+
+    annotations, relation, safe_words = _data_paths(args)
+    data = load_amber(annotations, relation, safe_words)
+    matched, dims, counts = _matched(args, data, load_amber_responses(args.responses), annotations)
+    similar = None  # the similarity filter only applies to the generative task
+    if args.matching == "spacy" and "generative" in dims:
+        similar = spacy_similarity(args.spacy_model, args.similarity)
+    metrics, details = evaluate_amber(matched, data, nouns=args.nouns, similar=similar, answers=args.answers)
+    scoring = {"evaluation_type": args.evaluation_type if args.evaluation_type != "auto" else "+".join(dims),
+               "matching": (f"spacy:{args.spacy_model}>{args.similarity}" if similar is not None
+                            else "offline:exact+amber-associations"),
+               "nouns": "nltk:pos-tag+wordnet" if args.nouns == "nltk" else "rules:bpo-singularize",
+               "answers": "exact:Yes/No" if args.answers == "exact" else "parse:bpo.eval.pope.parse_yes_no"}
+    block = _protocol(args, matched, dims, scoring)
     print(f"matching: {scoring['matching']}; nouns: {scoring['nouns']}; answers: {scoring['answers']}")
-    counts = {"matched": len(matched), "missing_response": len(missing), "not_in_evaluation_type": len(unknown)}
     return finish(args, "amber", metrics, details, counts,
                   {"responses": args.responses, "gt": annotations, "relation": relation, "safe_words": safe_words},
                   {"scoring": scoring}, summary(metrics), protocol=block)

@@ -261,6 +261,12 @@ def run(args) -> int:
                                         "splits": splits}, max_new_tokens=args.max_new_tokens)
     if not config.get("helpfulness_judge"):
         block["judge"] = "rules:vlguard-refusal-phrases"
+    off = sum(1 for _, row, it in joined.items if isinstance(row.get("prompt"), str)
+              and " ".join(row["prompt"].split()) != " ".join(it["question"].split()))
+    if off and block["prompt_set"]:  # the prompts were not VLGuard's instructions
+        block["prompt_set"]["name"] = "custom"
+        block.setdefault("notes", []).append(f"{off} response(s) were asked a prompt other than VLGuard's")
+        print(f"note: {off} response(s) were asked a prompt other than VLGuard's instruction")
     table_rows = [[s, m.get("attack_success_rate", m.get("refusal_rate")),
                    "ASR" if "attack_success_rate" in m else "refusal rate", m["n"],
                    (m.get("helpfulness") or {}).get("win_rate")] for s, m in metrics["per_split"].items()]
