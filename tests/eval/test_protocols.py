@@ -208,3 +208,21 @@ def test_chair_reads_rlhfv_answer_files(tmp_path):
     proto = report["protocol"]
     assert proto["label"] == "ObjHal (rule-based)" and proto["max_new_tokens"] == 1024
     assert proto["prompt_set"]["name"] == "rlhfv-objhal-8" and proto["n_images"] == 2
+
+
+def test_every_report_carries_its_protocol(tmp_path):
+    gt = _write(tmp_path / "pope.jsonl", [{"id": "p1", "meta": {"label": "yes"}}, {"id": "p2", "meta": {"label": "no"}}])
+    resp = _write(tmp_path / "r.jsonl", [
+        {"id": "p1", "response": "Yes.", "prompt": "Is there a dog?", "images": ["a/1.jpg"],
+         "generation": {"max_new_tokens": 16, "temperature": 0.0}},
+        {"id": "p2", "response": "I'm sorry, no.", "prompt": "Is there a cat?", "images": ["b/2.jpg"],
+         "generation": {"max_new_tokens": 16, "temperature": 0.0}}])
+    for task, extra in (("pope", ["--gt", str(gt)]), ("safety", ["--judge", "refusal"])):
+        out = tmp_path / f"{task}.json"
+        assert main(["eval", task, "--responses", str(resp), *extra, "--out", str(out)]) == 0
+        proto = json.loads(out.read_text())["protocol"]
+        assert proto["evaluator"] == f"bpo.eval.{task}" and proto["evaluator_version"] == "1"
+        assert proto["image_list_sha256"] == protocols.list_sha256(["1.jpg", "2.jpg"]) and proto["n_images"] == 2
+        assert proto["max_new_tokens"] == 16 and proto["decoding"] == "greedy"
+        assert proto["prompt_set"]["n"] == 2 and proto["prompt_set"]["name"] == "custom"
+        assert proto["judge"] == ("rules" if task == "pope" else "rules:refusal-patterns")
