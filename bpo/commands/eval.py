@@ -10,7 +10,12 @@
     bpo eval llavabench --responses R.jsonl --questions questions.jsonl --references answers_gpt4.jsonl
                         [--context context.jsonl] --judge {llm,hf} ... --out REPORT.json
     bpo eval pairwise   --records prefs.jsonl --judge {llm,hf,policy} ... --out REPORT.json
-    bpo eval prepare    {mmvet,llavabench} --questions FILE --out records.jsonl
+    bpo eval prepare    {mmvet,llavabench,amber,objhal,chair500,vlguard} --questions FILE --out records.jsonl
+    bpo eval amber      --responses R.json --amber-dir AMBER/data [--matching offline|spacy] --out REPORT.json
+    bpo eval vlguard    --responses R.jsonl --questions test.json [--judge llm|hf ...] --out REPORT.json
+
+Every report carries a ``protocol`` block (bpo.eval.protocols); ``compare`` refuses reports of
+different protocols unless given ``--allow-protocol-mismatch``.
 
 Common options: ``--on-missing {error,skip}`` (ids on one side only: stop, or skip and count them),
 ``--details PATH`` (per-item details to a JSONL instead of inline), ``--model``/``--adapter``
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from bpo.errors import BpoError
 
@@ -45,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     from bpo.eval.judges import JUDGES
 
     p = argparse.ArgumentParser(prog="bpo eval", description="Score responses and compare eval reports.")
-    sub = p.add_subparsers(dest="action", metavar="{chair,pope,safety,mmvet,llavabench,pairwise,prepare,compare}")
+    sub = p.add_subparsers(dest="action", metavar="{chair,pope,safety,amber,vlguard,mmvet,llavabench,pairwise,prepare,compare}")
     sub.required = True
 
     c = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall of object mentions (Object-HalBench)",
@@ -53,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     _common(c, "ground truth: records JSONL with meta.objects, or a COCO instances .json file")
     c.add_argument("--vocab", help="object vocabulary JSON {canonical: [synonyms...]} "
                                    "(default: bpo's COCO-80 synonym table)")
+    c.add_argument("--protocol", choices=("objhal", "chair500"),
+                   help="the pinned protocol the responses follow (default: the records' meta.protocol, written by "
+                        "`bpo eval prepare objhal|chair500`); objhal is reported as 'ObjHal (rule-based)'")
+    c.add_argument("--max-new-tokens", type=int,
+                   help="state the token budget of responses made outside `bpo generate` (recorded in the protocol)")
     # Optional LLM object extraction, reported beside the rule-based numbers (bpo.eval.llm_objects).
     add_judge_args(c, template="chair_objects_v1", max_tokens=256, flag="--llm-objects", required=False,
                    samples=False, title="LLM object extraction (optional)",
@@ -90,29 +101,40 @@ def _parser() -> argparse.ArgumentParser:
                        description="Print every metric of each report and its difference to the first.")
     m.add_argument("reports", nargs="+", help="two or more report JSON files")
     m.add_argument("--json", action="store_true", help="print the rows as JSON (two reports)")
+    m.add_argument("--allow-protocol-mismatch", action="store_true",
+                   help="compare reports whose protocols differ (image list, prompts, tokens, judge, scorer); "
+                        "the differences are printed")
+    from bpo.eval import amber, vlguard
+
+    amber.add_parser(sub, _common)
+    vlguard.add_parser(sub, _common)
     add_parsers(sub, _common)  # mmvet, llavabench, pairwise, prepare (bpo.eval.judged)
     return p
 
 
 def _finish(args, task: str, metrics: dict, details: list[dict], counts: dict, inputs: dict,
-            config: dict) -> int:
+            config: dict, protocol: dict | None = None) -> int:
+    from bpo.eval.protocols import format_protocol
     from bpo.eval.report import build_report, summary_table, write_report
 
     report = build_report(task, metrics, details=details, inputs=inputs, counts=counts,
-                          model=args.model, adapter=args.adapter, config=config)
+                          model=args.model, adapter=args.adapter, config=config, protocol=protocol)
     write_report(args.out, report, details_out=args.details)
     print(summary_table(task, metrics, counts))
+    print(format_protocol(report["protocol"]))
     print(f"report: {args.out}" + (f" (details: {args.details})" if args.details else ""))
     return 0
 
 
 def _chair(args) -> int:
     from bpo.eval.chair import evaluate_chair, load_object_truth
-    from bpo.eval.inputs import join, load_responses
+    from bpo.eval.inputs import join
     from bpo.eval.objects import load_vocabulary
 
     vocab = load_vocabulary(args.vocab)
-    responses = load_responses(args.responses)
+    from bpo.eval.formats import load_responses_any  # bpo rows, or RLHF-V / LLaVA answer files
+
+    responses = load_responses_any(args.responses)
     truth = load_object_truth(args.gt, vocab)
     joined = join(responses, truth.entries, on_missing=args.on_missing, responses_path=args.responses,
                   truth_path=args.gt, truth_is_superset=truth.kind == "coco", key=truth.key_for)
@@ -138,8 +160,11 @@ def _chair(args) -> int:
         llm_counts, llm_config = add_llm_objects(args, metrics, details, texts, gts, vocab)
         counts.update(llm_counts)
         config.update(llm_config)
+    from bpo.eval.protocols import chair_protocol
+
+    protocol = chair_protocol(args, joined.items, truth.kind, vocab.name, config)
     return _finish(args, "chair", metrics, details, counts,
-                   {"responses": args.responses, "gt": args.gt, "vocab": args.vocab}, config)
+                   {"responses": args.responses, "gt": args.gt, "vocab": args.vocab}, config, protocol)
 
 
 def _pope(args) -> int:
@@ -152,8 +177,12 @@ def _pope(args) -> int:
                   truth_path=args.gt)
     metrics, details = evaluate_pope([(rid, row["response"], lab, split)
                                       for rid, row, (lab, split) in joined.items])
+    from bpo.eval.protocols import describe
+
+    config = {"parser": "bpo.eval.pope.parse_yes_no"}
+    protocol = describe("pope", [row for _, row, _ in joined.items], config=config, scoring=config)
     return _finish(args, "pope", metrics, details, joined.counts(),
-                   {"responses": args.responses, "gt": args.gt}, {"parser": "bpo.eval.pope.parse_yes_no"})
+                   {"responses": args.responses, "gt": args.gt}, config, protocol)
 
 
 def _judge_kwargs(args) -> dict:
@@ -200,8 +229,11 @@ def _safety(args) -> int:
     counts["judge_calls"] = getattr(judge, "calls", 0)
     if metrics["unknown"]:
         print(f"note: {metrics['unknown']} item(s) got no verdict (unknown); they are not counted as safe")
+    from bpo.eval.protocols import describe
+
+    protocol = describe("safety", [row for _, row, _ in triples], config=judge.describe())
     return _finish(args, "safety", metrics, details, counts,
-                   {"responses": args.responses, "records": args.records}, judge.describe())
+                   {"responses": args.responses, "records": args.records}, judge.describe(), protocol)
 
 
 def _compare(args) -> int:
@@ -213,6 +245,15 @@ def _compare(args) -> int:
     if len({r["task"] for r in reports}) > 1:
         raise BpoError("cannot compare reports of different tasks: "
                        + ", ".join(f"{p} is {r['task']!r}" for p, r in zip(args.reports, reports)))
+    from bpo.eval.protocols import protocol_mismatches
+
+    mismatches = protocol_mismatches(reports)
+    if mismatches and not args.allow_protocol_mismatch:
+        raise BpoError("the reports follow different protocols, so their numbers are not comparable: "
+                       + "; ".join(mismatches) + ". Rerun them under one protocol, or pass "
+                       "--allow-protocol-mismatch to compare anyway")
+    for line in mismatches:
+        print(f"note: protocol mismatch (allowed): {line}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         if len(reports) != 2:
             raise BpoError("--json prints the rows of exactly two reports")
@@ -226,6 +267,10 @@ def _compare(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.action in ("amber", "vlguard"):
+        import importlib
+
+        return importlib.import_module(f"bpo.eval.{args.action}").run(args)
     if args.action in ("mmvet", "llavabench", "pairwise", "prepare"):
         from bpo.eval.judged import run
 

@@ -4,6 +4,10 @@
                  [--prompt-field FIELD] [--blind] [--batch-size 8] [--max-new-tokens 512]
                  [--temperature 0] [--top-p 1] [--seed 0] [--stop S] [--on-error skip|raise]
                  [--dtype float32] [--engine hf|vllm] [--limit N] [--merge-only]
+                 [--preset amber-g|amber-d|objhal|chair500|vlguard]
+
+``--preset`` pins a protocol's decoding (greedy, its max new tokens) and, where the protocol has one,
+its prompt, so ``bpo eval prepare`` + ``generate --preset`` + ``eval`` reproduce it (bpo.eval.protocols).
 
 Rows: ``{"id", "response", "prompt", "meta"}`` in input order (read by ``bpo eval``). Greedy by
 default, as the usual protocols (POPE, CHAIR, MMSafe-PO's infer_json.py) decode.
@@ -23,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-field", metavar="FIELD",
                    help="use the string meta.FIELD as the last user turn's text (images kept), e.g. text_prompt")
     e.add_argument("--blind", action="store_true", help="remove every image from the prompts")
+    from bpo.eval.protocols import PRESETS
+
+    e.add_argument("--preset", choices=PRESETS,
+                   help="a pinned eval protocol: greedy, its max new tokens (amber-g 512, amber-d 32, objhal 1024, "
+                        "chair500 512, vlguard 256) and its fixed prompt if it has one; see docs/eval.md")
     p.add_argument("--merge-only", action="store_true",
                    help="only merge existing OUT.shard-*.jsonl into OUT (after ranks were run separately)")
     return p
@@ -31,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from bpo.bootstrap.jobs import errors_path, merge_shards
+    from bpo.eval.protocols import apply_preset, check_records
+
+    preset = apply_preset(args, argv)
 
     if args.merge_only:
         n, missing = merge_shards(args.data, args.out)
@@ -49,8 +61,11 @@ def main(argv: list[str]) -> int:
         raise BpoError(f"--batch-size must be >= 1, not {args.batch_size}")
     rank, world, barrier, device = dist_context()
     records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
+    if preset is not None:
+        check_records(preset, records)
     gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,
-                            prompt_field=args.prompt_field, blind=args.blind)
+                            prompt_field=args.prompt_field, blind=args.blind,
+                            preset=preset.name if preset else None, prompt_text=preset.prompt if preset else None)
     # The weights' content, not just their paths: a retrained adapter at the same path must not resume old answers.
     fingerprint = {**gen.fingerprint(), **weights_fingerprint(args.model, args.adapter)}
     summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=fingerprint,

@@ -2,7 +2,10 @@
 
 Output: one JSONL row per record, in input order, deduplicated by id::
 
-    {"id": "pope-12", "response": "Yes, there is a dog.", "prompt": "<last user text>", "meta": {...}}
+    {"id": "pope-12", "response": "Yes, there is a dog.", "prompt": "<last user text>", "meta": {...},
+     "images": [...], "generation": {"max_new_tokens": 512, "temperature": 0.0, ..., "preset": null}}
+
+``images`` and ``generation`` let ``bpo eval`` record the protocol (image list, token budget, decoding).
 
 ``meta`` is the record's own ``meta`` (labels, object lists, categories the metrics need). The run
 uses the bootstrap engine, so it is batched, seeded, resumable after a kill and data-parallel under
@@ -70,15 +73,18 @@ class ResponseGenerator:
     source = "response"
 
     def __init__(self, engine, settings: SamplingSettings, *, model: str, adapter: str | None = None,
-                 prompt_field: str | None = None, blind: bool = False):
+                 prompt_field: str | None = None, blind: bool = False, preset: str | None = None,
+                 prompt_text: str | None = None):
         self.engine, self.settings = engine, settings
         self.model_name, self.adapter = model, adapter
         self.prompt_field, self.blind = prompt_field, blind
+        self.preset, self.prompt_text = preset, prompt_text  # prompt_text: a protocol's fixed prompt
 
     def fingerprint(self) -> dict:
         return {"generator": "generate", "model": self.model_name, "adapter": self.adapter,
                 "backend": self.engine.name, "prompt_field": self.prompt_field, "blind": self.blind,
-                **self.settings.to_meta()}
+                **self.settings.to_meta(), **({"preset": self.preset, "prompt_text": self.prompt_text}
+                                              if self.preset else {})}
 
     def prepare(self, rec: Record) -> Record:
         if self.prompt_field:
@@ -87,6 +93,8 @@ class ResponseGenerator:
                 raise RecordError(f"no text in meta.{self.prompt_field} (--prompt-field); add it or drop the flag",
                                   where=rec.meta.get("_where"), record_id=rec.id)
             rec = with_prompt_text(rec, text)
+        if self.prompt_text is not None:
+            rec = with_prompt_text(rec, self.prompt_text)
         return rec.without_images() if self.blind else rec
 
     def process(self, records: list[Record]) -> list[Outcome]:
@@ -104,5 +112,7 @@ class ResponseGenerator:
                 continue
             meta = {k: v for k, v in rec.meta.items() if not k.startswith("_")}
             outcomes[rec.id] = Outcome(rec.id, row={"id": rec.id, "response": gen.text,
-                                                    "prompt": rec.last_user_text(), "meta": meta})
+                                                    "prompt": rec.last_user_text(), "meta": meta,
+                                                    "images": list(rec.images),
+                                                    "generation": {**self.settings.to_meta(), "preset": self.preset}})
         return [outcomes.get(r.id) or fail(r, "no result") for r in records]

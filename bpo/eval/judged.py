@@ -94,15 +94,22 @@ def grade_counts(grader, grades) -> dict:
 
 
 def finish(args, task: str, metrics: dict, details: list[dict], counts: dict, inputs: dict, config: dict,
-           table: str) -> int:
-    """Write the report (atomically, details inline or to ``--details``) and print the table."""
+           table: str, protocol: dict | None = None) -> int:
+    """Write the report (atomically, details inline or to ``--details``) and print the table.
+
+    ``protocol``: the report's protocol block; by default it is described from the scored files.
+    """
+    from bpo.eval.protocols import for_args, format_protocol
     from bpo.eval.report import build_report, write_report
 
+    if protocol is None:
+        protocol = for_args(task, args, config)
     report = build_report(task, metrics, details=details, inputs=inputs, counts=counts,
                           model=getattr(args, "model", None), adapter=getattr(args, "adapter", None),
-                          config=config)
+                          config=config, protocol=protocol)
     write_report(args.out, report, details_out=args.details)
     print(table)
+    print(format_protocol(protocol))
     skipped = {k: v for k, v in counts.items() if k.startswith("missing") and v}
     if skipped:
         print("skipped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
@@ -162,18 +169,41 @@ def add_parsers(sub, common) -> None:
 
     r = sub.add_parser("prepare", help="turn MM-Vet / LLaVA-Bench files into records for `bpo generate`",
                        description="Write eval records (one per question, image + question) for `bpo generate`.")
-    r.add_argument("benchmark", choices=("mmvet", "llavabench"))
-    r.add_argument("--questions", required=True, help="mm-vet.json, or LLaVA-Bench questions.jsonl")
+    r.add_argument("benchmark", choices=("mmvet", "llavabench", *PROTOCOL_PREPARE))
+    r.add_argument("--questions", help="mm-vet.json, LLaVA-Bench questions.jsonl, an AMBER query file, VLGuard's "
+                                       "test.json, or RLHF-V's obj_halbench_300_with_image.jsonl (objhal)")
     r.add_argument("--references", help="llavabench: reference answers JSONL (kept as each record's 'chosen')")
     r.add_argument("--image-prefix", default="", help="prefix for image paths, e.g. images/ (default: none)")
     r.add_argument("--image-root", help="check that every image exists under this directory")
     r.add_argument("--out", required=True, help="records JSONL (written atomically)")
+    pin = r.add_argument_group("pinned protocols (amber, objhal, chair500, vlguard)")
+    pin.add_argument("--image-ids", help="objhal/chair500: COCO image ids (one per line or a JSON list) "
+                                         "instead of --questions / the seeded sample")
+    pin.add_argument("--instances", help="objhal/chair500: COCO instances JSON; adds meta.objects (ground truth); "
+                                         "chair500 samples its 500 images from it")
+    pin.add_argument("--seed", type=int, default=0, help="chair500: sampling seed (default: 0, the pinned one)")
+    pin.add_argument("--write-images", metavar="DIR",
+                     help="objhal: decode the images embedded in RLHF-V's question file into DIR")
+    pin.add_argument("--annotations", help="amber: annotations.json, to tell generative from discriminative ids")
+    pin.add_argument("--splits", nargs="+", choices=("unsafes", "safe_unsafes", "safe_safes"),
+                     help="vlguard: splits to write (default: all three)")
+
+
+# `bpo eval prepare` benchmarks of the pinned protocols (bpo.eval.protocols.prepare_protocol).
+PROTOCOL_PREPARE = ("amber", "objhal", "chair500", "vlguard")
+PROTOCOL_PRESETS = ("objhal", "chair500", "amber-g", "amber-d", "vlguard")
 
 
 def run_prepare(args) -> int:
     from bpo.io import write_jsonl
 
-    if args.benchmark == "mmvet":
+    if args.benchmark in PROTOCOL_PREPARE:
+        from bpo.eval.protocols import prepare_protocol
+
+        rows = prepare_protocol(args)
+    elif not args.questions:
+        raise BpoError(f"{args.benchmark} needs --questions")
+    elif args.benchmark == "mmvet":
         from bpo.eval.mmvet import load_mmvet, mmvet_records
 
         if args.references:
@@ -185,9 +215,15 @@ def run_prepare(args) -> int:
         refs = load_references(args.references) if args.references else None
         rows = llavabench_records(load_questions(args.questions), refs, args.image_prefix)
     if args.image_root:
-        check_images(rows, args.image_root, args.questions)
+        check_images(rows, args.image_root, args.questions or args.image_ids or args.instances)
     n = write_jsonl(args.out, rows)
-    print(f"wrote {n} record(s) -> {args.out}; next: bpo generate --data {args.out} --image-root DIR --out R.jsonl")
+    preset = sorted({(r.get("meta") or {}).get("protocol") for r in rows} & set(PROTOCOL_PRESETS))
+    hint = f" --preset {preset[0]}" if len(preset) == 1 else ""
+    if len(preset) > 1:
+        print(f"note: the records mix protocols {', '.join(preset)}; generate each with its own --preset "
+              "(prepare them from separate files, e.g. AMBER's query_generative.json and query_discriminative.json)")
+    print(f"wrote {n} record(s) -> {args.out}; next: bpo generate --data {args.out} --image-root DIR{hint} "
+          "--out R.jsonl")
     return 0
 
 

@@ -23,17 +23,25 @@ from bpo.io import file_sha256, read_json, write_json, write_jsonl
 
 # Direction of the last component of a metric name; others (counts, yes_ratio) are neutral.
 HIGHER_IS_BETTER = frozenset({"recall", "accuracy", "precision", "f1", "safety_rate", "total", "score",
-                              "relative_score", "judgment_accuracy"})
+                              "relative_score", "judgment_accuracy",
+                              "cover", "amber_score", "win_rate"})  # AMBER, VLGuard
 LOWER_IS_BETTER = frozenset({"chair_s", "chair_i", "attack_success_rate", "unknown_rate", "unknown_ratio",
                              "inconsistent_rate", "consistent_wrong_rate",
-                             "unknown"})
+                             "unknown",
+                             "chair", "hal", "cog", "refusal_rate"})  # AMBER, VLGuard
 
 
 def build_report(task: str, metrics: dict, *, details: list[dict] | None = None,
                  inputs: dict[str, str | os.PathLike | None], counts: dict | None = None,
-                 model: str | None = None, adapter: str | None = None, config: dict | None = None) -> dict:
-    """The report dict; ``inputs`` maps a role ("responses", "gt") to a file, hashed here."""
+                 model: str | None = None, adapter: str | None = None, config: dict | None = None,
+                 protocol: dict | None = None) -> dict:
+    """The report dict; ``inputs`` maps a role ("responses", "gt") to a file, hashed here.
+
+    ``protocol`` is the block of :func:`bpo.eval.protocols.describe`; without one, a minimal block
+    (task, evaluator, judge; unknown image list and token budget) is recorded.
+    """
     from bpo import __version__
+    from bpo.eval.protocols import describe
 
     roles = {role: str(p) for role, p in inputs.items() if p is not None}
     report = {
@@ -45,6 +53,7 @@ def build_report(task: str, metrics: dict, *, details: list[dict] | None = None,
         "model": model,
         "adapter": adapter,
         "config": config or {},
+        "protocol": protocol if protocol is not None else describe(task, [], config=config),
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "bpo_version": __version__,
     }

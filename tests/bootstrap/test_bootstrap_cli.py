@@ -125,7 +125,9 @@ def test_generate_responses(tiny_llava, image_root, tmp_path):
                  "--max-new-tokens", "5", "--no-progress"]) == 0
     got = read_rows(out)
     assert [r["id"] for r in got] == ["p1", "p2"]
-    assert set(got[0]) == {"id", "response", "prompt", "meta"}
+    assert set(got[0]) == {"id", "response", "prompt", "meta", "images", "generation"}
+    assert got[0]["images"] == ["0.png"] and got[0]["generation"]["max_new_tokens"] == 5
+    assert got[0]["generation"]["temperature"] == 0 and got[0]["generation"]["preset"] is None
     assert got[0]["prompt"] == "Is there a dog?" and got[1]["meta"] == {"label": "yes", "text_prompt": "A car?"}
     out2 = tmp_path / "resp2.jsonl"
     assert main(["generate", "--model", tiny_llava, "--data", data, "--image-root", image_root, "--out", str(out2),
