@@ -102,7 +102,10 @@ class LocalCausalLM:
 
         model, tok = self.load()
         if getattr(tok, "chat_template", None):
-            input_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+            from bpo.models.chat import normalize_messages
+
+            messages = normalize_messages(tok, [{"role": "user", "content": prompt}])  # the form its template reads
+            input_ids = tok.apply_chat_template(messages, add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)["input_ids"]
         else:
             input_ids = tok(prompt, return_tensors="pt")["input_ids"]
