@@ -90,7 +90,9 @@ class LocalCausalLM:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_path)
                 model = AutoModelForCausalLM.from_pretrained(self.model_path)
             except (OSError, ValueError) as exc:
-                first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                from bpo.models.loading import first_line as _first
+
+                first_line = _first(exc)
                 raise BpoError(f"cannot load {self.what} from {self.model_path!r}: {first_line} (pass a local "
                                "directory with config.json, weights and tokenizer)") from None
             model.to(self.device).eval()

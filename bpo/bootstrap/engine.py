@@ -362,14 +362,14 @@ def build_text_engine(lm_path: str, *, dtype: str = "float32", batch_size: int =
     """A text-only causal LM (``--backend hf`` for error injection) behind the same engine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bpo.models.loading import _check_exists, resolve_dtype
+    from bpo.models.loading import _check_exists, first_line, resolve_dtype
 
     _check_exists(lm_path)
     try:
         tok = AutoTokenizer.from_pretrained(lm_path)
         model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise BpoError(f"cannot load language model {lm_path!r}: {msg}") from None
     if device is not None:
         model.to(device)

@@ -160,16 +160,29 @@ class Encoder:
 
 
 def _image_token_ids(processor) -> set[int]:
-    ids = set()
-    for attr in ("image_token_id", "video_token_id"):
-        v = getattr(processor, attr, None)
+    """Ids of the tokens the processor expands each image into (one per image embedding).
+
+    ``processor.image_token_ids`` (transformers 5) names them; ``image_token_id`` is not always one of
+    them: Gemma 3's is ``<start_of_image>``, while its 256 embeddings sit on ``<image_soft_token>``.
+    """
+    ids: set[int] = set()
+    if isinstance(getattr(type(processor), "image_token_ids", None), property):
+        try:
+            ids |= {i for i in processor.image_token_ids if isinstance(i, int)}
+        except (AttributeError, TypeError, ValueError):
+            ids = set()
+    if not ids:
+        v = getattr(processor, "image_token_id", None)
         if isinstance(v, int):
             ids.add(v)
-    tok_attr = getattr(processor, "image_token", None)
-    if isinstance(tok_attr, str):
-        tid = processor.tokenizer.convert_tokens_to_ids(tok_attr)
-        if isinstance(tid, int) and tid != processor.tokenizer.unk_token_id:
-            ids.add(tid)
+        tok_attr = getattr(processor, "image_token", None)
+        if isinstance(tok_attr, str):
+            tid = processor.tokenizer.convert_tokens_to_ids(tok_attr)
+            if isinstance(tid, int) and tid != processor.tokenizer.unk_token_id:
+                ids.add(tid)
+    v = getattr(processor, "video_token_id", None)
+    if isinstance(v, int):
+        ids.add(v)
     return ids
 
 

@@ -53,3 +53,40 @@ def test_build_is_deterministic(tmp_path):
     a = load_file(str(build_tiny("gemma3", tmp_path / "a", seed=3) / "model.safetensors"))
     b = load_file(str(build_tiny("gemma3", tmp_path / "b", seed=3) / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_token_count_is_the_models_embedding_count(family, tiny_family, image_root):
+    """Length budgets count what the model fills with image embeddings (Gemma 3: mm_tokens_per_image, not 1)."""
+    from transformers import AutoConfig
+
+    from bpo.data.records import Record
+    from bpo.models.encoding import Encoder
+    from bpo.models.loading import load_processor
+
+    path = tiny_family(family)
+    config = AutoConfig.from_pretrained(path)
+    placeholder = getattr(config, "image_token_id", None)
+    if placeholder is None:
+        placeholder = config.image_token_index
+    enc = Encoder(load_processor(path), image_root)
+    rec = Record(id="r", prompt=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+                 chosen="x", images=["red.png"])
+    ids, vision, _ = enc.encode_prompt(rec)
+    n = enc.count_image_tokens(ids)
+    assert n == ids.count(placeholder) and n > 1
+    if family == "gemma3":
+        assert n == config.mm_tokens_per_image
+    if family in ("qwen2vl", "qwen25vl"):
+        assert n == int(vision["image_grid_thw"].prod()) // 4
+
+
+def test_load_error_reason_is_never_empty(tmp_path):
+    from bpo.errors import BpoError
+    from bpo.models.loading import first_line, load_processor
+
+    assert first_line(ValueError("\n\nthe real reason\nmore")) == "the real reason"
+    assert first_line(ValueError("")) == "ValueError"
+    (tmp_path / "processor_config.json").write_text('{"processor_class": "Qwen2_5_VLProcessor"}')
+    with pytest.raises(BpoError, match=r"cannot load a processor .*\(\S"):
+        load_processor(str(tmp_path))
