@@ -132,7 +132,7 @@ def run_generator(args, build, desc: str) -> int:
     summary = run_job(records, generator.process, out=args.out, data=args.data,
                       fingerprint={**generator.fingerprint(), **weights}, chunk_size=4 * args.batch_size,
                       on_error=args.on_error, desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
-                      input_errors=input_errors)
+                      input_errors=input_errors, limit=args.limit)
     print(summary.line(desc))
     if getattr(generator, "passed_through", 0):
         print(f"note: {generator.passed_through} record(s) without images have no blind version; written unchanged, "

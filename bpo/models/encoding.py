@@ -98,7 +98,10 @@ class Encoder:
         """(prompt ids, vision tensors, per-token extras) for one record."""
         from bpo.data.images import load_record_images
 
-        text = render_prompt(self.processor, record.prompt)
+        try:
+            text = render_prompt(self.processor, record.prompt)
+        except BpoError as exc:  # the template failed on this record: a record error (named, skippable)
+            raise RecordError(str(exc), record_id=record.id, where=record.meta.get("_where")) from None
         if images is None:
             images = load_record_images(record, self.image_root) if record.images else []
         from bpo.models.chat import add_special_tokens
@@ -110,8 +113,9 @@ class Encoder:
             kwargs["images"] = images
         try:
             enc = self.processor(**kwargs)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise RecordError(f"the processor rejected this record: {exc}", record_id=record.id) from None
+        except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as exc:
+            raise RecordError(f"the processor rejected this record: {exc}", record_id=record.id,
+                              where=record.meta.get("_where")) from None
         ids = enc["input_ids"][0].tolist()
         vision, extras = {}, {}
         for key, val in enc.items():
