@@ -200,6 +200,7 @@ def projector_hook(model, batch: Sequence[Encoded], image_token_ids: set[int] | 
         image_ids = {v for v in (getattr(cfg, "image_token_id", None), getattr(cfg, "image_token_index", None))
                      if isinstance(v, int)}
     state = {"projected": False}
+    lm = find_language_model(model)
     # Anyres models' projector rows are per crop; a coincidentally equal count must not be taken as tokens.
     anyres = getattr(model.config, "image_grid_pinpoints", None) is not None
 
@@ -211,6 +212,10 @@ def projector_hook(model, batch: Sequence[Encoded], image_token_ids: set[int] | 
             return None
         flat = output.reshape(-1, output.shape[-1])
         if anyres or flat.shape[0] != sum(counts):
+            if lm is None:
+                raise BpoError(f"projector output has {flat.shape[0]} rows but the batch has {sum(counts)} image "
+                               "tokens, and the model has no language_model module to noise them in; use "
+                               "--noise-target pixels")
             return None  # not one row per image token: noised after packing, in the language model's input
         state["projected"] = True
         return apply(flat).reshape(output.shape)
@@ -228,7 +233,6 @@ def projector_hook(model, batch: Sequence[Encoded], image_token_ids: set[int] | 
         return args, {**kwargs, "inputs_embeds": embeds}
 
     handles = [find_projector(model).register_forward_hook(hook)]
-    lm = find_language_model(model)
     if lm is not None:
         handles.append(lm.register_forward_pre_hook(lm_hook, with_kwargs=True))
     try:
