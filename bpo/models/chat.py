@@ -100,3 +100,16 @@ def add_special_tokens(tokenizer, text: str) -> bool:
     """Whether tokenising ``text`` should add the tokenizer's specials (not when it already starts with bos)."""
     bos = getattr(tokenizer, "bos_token", None)
     return not (bos and text.startswith(bos))
+
+
+def text_for_tokenizer_with_specials(tokenizer, text: str) -> str:
+    """``text`` for engines that always tokenise with the tokenizer's specials (vLLM's text prompts).
+
+    When the template already wrote ``bos`` and the tokenizer adds one itself, the written one is dropped,
+    so the engine's ids equal ``apply_chat_template(tokenize=True)``'s (one ``<bos>``, Gemma 3).
+    """
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if not bos or not text.startswith(bos):
+        return text
+    adds_bos = tokenizer("x")["input_ids"][:1] == [bos_id]
+    return text[len(bos):] if adds_bos else text

@@ -97,3 +97,17 @@ def test_injection_prompt_reaches_the_model(family, image_root):
     rec = Record(id="r", prompt=RECORDS["single"], chosen="a red bus", images=["red.png"])
     EngineBackend(engine, SamplingSettings()).complete([("k", instruction, rec)])
     assert len(seen) == 1 and instruction in seen[0], (name, seen)
+
+
+def test_text_for_engines_that_add_specials_gives_the_same_ids(family, image_root):
+    """vLLM tokenises text prompts with the tokenizer's specials: the text handed to it must not double bos."""
+    from bpo.models.chat import text_for_tokenizer_with_specials
+    from bpo.models.encoding import render_prompt
+
+    _, processor = family
+    tok = processor.tokenizer
+    text = render_prompt(processor, RECORDS["text_only"])
+    ref = processor.apply_chat_template([{"role": "user", "content": _text("how many people are there ?")}],
+                                        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    ref = ref[0] if isinstance(ref[0], list) else ref
+    assert tok(text_for_tokenizer_with_specials(tok, text))["input_ids"] == list(ref)
