@@ -1,6 +1,7 @@
 """The main stages on every hub-shaped family (bpo.models.families), as a user runs them from the CLI.
 
-Per family, one module-scoped run does: weaken in pixel and feature space (sample and contrast), train LoRA with
+Per family, one module-scoped run does: weaken in pixel and feature space (sample and contrast), self, blind and
+error injection with the model's own LLM, train LoRA with
 the projector and a merge, train full fine-tuning, generate batched vs one at a time, generate from every output
 (merged, full, base + adapter). The tests then check each stage's outputs, the plain ``PeftModel.from_pretrained``
 logit parity (1e-5, fp32) and that the output folders are complete models.
@@ -58,6 +59,11 @@ def staged(request, tiny_family, image_root, tmp_path_factory):
         rc[f"weaken_{target}_{mode}"] = cli(["bootstrap", "weaken", "--model", base, "--data", str(data),
                                              "--image-root", image_root, "--out", str(tmp / f"w_{target}_{mode}.jsonl"),
                                              "--noise-target", target, "--mode", mode, "--steps", "999", *GEN])
+    for name in ("self", "blind"):
+        rc[name] = cli(["bootstrap", name, "--model", base, "--data", str(data), "--image-root", image_root,
+                        "--out", str(tmp / f"{name}.jsonl"), *GEN])
+    rc["inject"] = cli(["bootstrap", "inject", "--model", base, "--data", str(data), "--out", str(tmp / "inj.jsonl"),
+                        "--template", "few_shot", "--retries", "0", *GEN])
     rc["lora"] = _train(base, data, image_root, tmp / "lora", "lora.train_projector=true", "run.merge=true")
     rc["full"] = _train(base, data, image_root, tmp / "full", "lora.enabled=false", "run.max_steps=1")
     rc["gen_b4"] = _generate(base, data, image_root, tmp / "gen_b4.jsonl", "--batch-size", "4")
@@ -102,6 +108,13 @@ def test_feature_noise_reaches_only_its_record(staged, image_root):
             noisy = engine.model(**inputs).logits[:, -1]
     assert not torch.allclose(noisy[0], clean[0], atol=1e-4), staged["family"]
     assert torch.allclose(noisy[1], clean[1], atol=1e-5), staged["family"]
+
+
+def test_self_blind_inject_write_every_record(staged):
+    for name in ("self", "blind", "inj"):
+        assert [r["id"] for r in _rows(staged["tmp"] / f"{name}.jsonl")] == [r["id"] for r in ROWS], name
+    blind = {r["id"]: r for r in _rows(staged["tmp"] / "blind.jsonl")}
+    assert any(n["source"] == "blind" for n in blind["r1"]["rejected"])
 
 
 def test_batched_generation_equals_one_at_a_time(staged):
