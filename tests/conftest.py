@@ -87,7 +87,6 @@ def pref_file(tmp_path):
     return str(path)
 
 
-FAMILY_NAMES = ("llava", "llava_next", "qwen2vl", "qwen25vl", "gemma3")
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ ENGINES.register("hf", "bpo.bootstrap.engine:build_hf_engine")
 ENGINES.register("vllm", "bpo.bootstrap.vllm_engine:build_vllm_engine")
 
 # Multimodal projector modules (the output is the sequence of image embeddings fed to the LM).
-PROJECTOR_SUFFIXES = ("multi_modal_projector", "mm_projector", "visual.merger")
+PROJECTOR_SUFFIXES = ("multi_modal_projector", "mm_projector", "visual.merger", "model.connector")
 
 
 @dataclass

@@ -7,12 +7,14 @@ API (stable; tests and other modules rely on it)::
 
 ``FAMILIES`` lists the family names: ``"llava"`` (llava-hf/llava-1.5-7b-hf), ``"llava_next"``
 (llava-hf/llava-v1.6-mistral-7b-hf), ``"qwen2vl"`` (Qwen/Qwen2-VL-7B-Instruct), ``"qwen25vl"``
-(Qwen/Qwen2.5-VL-7B-Instruct) and ``"gemma3"`` (google/gemma-3-4b-it). ``HUB_IDS`` maps each name to the
-checkpoint it imitates.
+(Qwen/Qwen2.5-VL-7B-Instruct), ``"gemma3"`` (google/gemma-3-4b-it) and ``"idefics3"``
+(HuggingFaceM4/Idefics3-8B-Llama3, the architecture of SmolVLM). ``HUB_IDS`` maps each name to the checkpoint it
+imitates.
 
 Each folder holds what the hub repository holds, in the same shape: the family's real model class, its real
 processor class (``LlavaProcessor``; ``LlavaNextProcessor`` with anyres ``image_grid_pinpoints`` and
-``image_sizes``; ``Qwen2VLProcessor``; ``Qwen2_5_VLProcessor``; ``Gemma3Processor`` with ``image_seq_length``),
+``image_sizes``; ``Qwen2VLProcessor``; ``Qwen2_5_VLProcessor``; ``Gemma3Processor`` with ``image_seq_length``;
+``Idefics3Processor`` with image splitting),
 the published image-processor settings, the published special tokens and bos/eos behaviour, and the chat
 template exactly as published (copied by hand from the hub's ``chat_template.json`` / ``tokenizer_config.json``).
 Only sizes are scaled down (layers, widths, image resolution, image-token counts); every such change is marked
@@ -28,10 +30,10 @@ from pathlib import Path
 
 from bpo.models.tiny import _CORPUS
 
-FAMILIES = ("llava", "llava_next", "qwen2vl", "qwen25vl", "gemma3")
+FAMILIES = ("llava", "llava_next", "qwen2vl", "qwen25vl", "gemma3", "idefics3")
 HUB_IDS = {"llava": "llava-hf/llava-1.5-7b-hf", "llava_next": "llava-hf/llava-v1.6-mistral-7b-hf",
            "qwen2vl": "Qwen/Qwen2-VL-7B-Instruct", "qwen25vl": "Qwen/Qwen2.5-VL-7B-Instruct",
-           "gemma3": "google/gemma-3-4b-it"}
+           "gemma3": "google/gemma-3-4b-it", "idefics3": "HuggingFaceM4/Idefics3-8B-Llama3"}
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -336,8 +338,48 @@ def _gemma3(hidden: int, layers: int):
     return model, processor
 
 
+# HuggingFaceM4/Idefics3-8B-Llama3, chat_template.json (verbatim).
+IDEFICS3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{message['role'].capitalize()}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def _idefics3(hidden: int, layers: int):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    # Llama 3 tokenizer (adds <|begin_of_text|>; the template writes it too) + Idefics3's image tokens;
+    # turns end with <end_of_utterance> (the hub repo's eos).
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<fake_token_around_image>",
+                "<image>", "<end_of_utterance>", "<global-img>"]
+    tok = _tokenizer(specials, bos="<|begin_of_text|>", eos="<end_of_utterance>", pad="<|reserved_special_token_0|>",
+                     unk=None, add_bos=True)
+    # scaled: SigLIP 364 px / patch 14 (26 x 26 patches, pixel-shuffled by 2 to 169 tokens) -> 32 px / patch 4
+    # (8 x 8, shuffled to 16 tokens); images split into 32 px tiles up to 64 px (published 364 / 4 * 364).
+    image_size, patch, scale = 32, 4, 2
+    seq_len = (image_size // patch) ** 2 // scale ** 2
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch),
+        text_config=dict(model_type="llama", **_llama_text(tok, hidden, layers)), scale_factor=scale,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    model = Idefics3ForConditionalGeneration(config)
+    _set_generation(model, tok, [tok.eos_token_id])
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * image_size}, max_image_size={"longest_edge": image_size}, do_image_splitting=True,
+        do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True, do_pad=True,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=1)
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len,
+                                  chat_template=IDEFICS3_TEMPLATE)
+    return model, processor
+
+
 _BUILDERS = {"llava": _llava, "llava_next": _llava_next, "qwen2vl": _qwen2vl, "qwen25vl": _qwen25vl,
-             "gemma3": _gemma3}
+             "gemma3": _gemma3, "idefics3": _idefics3}
 
 
 def make_tiny(family: str, *, seed: int = 0, hidden: int = 64, layers: int = 2):

@@ -12,7 +12,8 @@ STOCK = {"llava": ("LlavaForConditionalGeneration", "LlavaProcessor"),
          "llava_next": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor"),
          "qwen2vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
          "qwen25vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
-         "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor")}
+         "gemma3": ("Gemma3ForConditionalGeneration", "Gemma3Processor"),
+         "idefics3": ("Idefics3ForConditionalGeneration", "Idefics3Processor")}
 
 
 def test_every_family_has_a_hub_id():
