@@ -291,6 +291,9 @@ class HFEngine:
         eos = list(end_of_turn_ids(processor))
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
+        # The checkpoint's own stop ids too (Qwen2-VL-Instruct: <|im_end|> and <|endoftext|>), as generate() uses.
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.extend([gen_eos] if isinstance(gen_eos, int) else [i for i in gen_eos or [] if isinstance(i, int)])
         self.eos_ids = sorted(set(eos))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
 

@@ -123,6 +123,30 @@ def test_batched_generation_equals_one_at_a_time(staged):
     assert [r["response"] for r in b4] == [r["response"] for r in b1], staged["family"]
 
 
+def test_generation_equals_plain_transformers_generate(staged, image_root):
+    """bpo's greedy answers equal ``model.generate`` on ``processor.apply_chat_template(tokenize=True)`` inputs."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from bpo.models.loading import load_processor
+
+    model = AutoModelForImageTextToText.from_pretrained(staged["base"]).eval()
+    processor = load_processor(staged["base"])
+    ours = {r["id"]: r["response"] for r in _rows(staged["tmp"] / "gen_b1.jsonl")}
+    for row in ROWS:
+        images = iter(Image.open(f"{image_root}/{name}").convert("RGB") for name in row["images"])
+        conv = [{"role": m["role"], "content": [{"type": "image", "image": next(images)} if p["type"] == "image"
+                                                else p for p in (m["content"] if isinstance(m["content"], list)
+                                                                 else [{"type": "text", "text": m["content"]}])]}
+                for m in row["prompt"]]
+        inputs = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                               return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        plain = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        assert ours[row["id"]] == plain, (staged["family"], row["id"])
+
+
 def test_outputs_are_complete_model_folders(staged):
     from transformers import AutoConfig
 
