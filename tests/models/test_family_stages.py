@@ -27,28 +27,47 @@ SYSTEM = {"id": "s1", "images": ["green.png"],
           "prompt": [{"role": "system", "content": "You are a careful assistant ."},
                      {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image"}]}],
           "chosen": "a green square", "rejected": [{"text": "a red bus", "source": "weakened"}]}
-ROWS = [*PREF_ROWS, TEXT_ONLY, SYSTEM]
+# Other sizes and aspects: other anyres grids (LLaVA-NeXT), other patch grids (Qwen), other tile counts (Idefics3).
+SHAPES = [{"id": f"shape-{name}", "images": [name], "chosen": "a red square", "rejected": [{"text": "a cat",
+           "source": "weakened"}], "prompt": [{"role": "user", "content": [{"type": "image"},
+                                                                            {"type": "text", "text": "what is it ?"}]}]}
+          for name in ("tall.png", "small.png")]
+ROWS = [*PREF_ROWS, TEXT_ONLY, SYSTEM, *SHAPES]
 GEN = ["--max-new-tokens", "5", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def family_images(image_root, tmp_path_factory):
+    """The shared colour images plus two other shapes."""
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("family_images")
+    shutil.copytree(image_root, root, dirs_exist_ok=True)
+    Image.new("RGB", (30, 90), (200, 40, 40)).save(root / "tall.png")
+    Image.new("RGB", (20, 20), (40, 40, 200)).save(root / "small.png")
+    return str(root)
 
 
 def _rows(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def _train(base, data, image_root, out, *extra):
-    return cli(["train", f"model.name={base}", f"data.train={data}", f"data.image_root={image_root}",
+def _train(base, data, family_images, out, *extra):
+    return cli(["train", f"model.name={base}", f"data.train={data}", f"data.image_root={family_images}",
                 f"run.output_dir={out}", "data.max_length=1024", "run.max_steps=2", "run.batch_size=2",
                 "run.progress=false", "run.tensorboard=false", "lora.r=4", "lora.alpha=8", "lora.dropout=0.0",
                 "optim.lr=1e-2", "optim.warmup_steps=0", *extra])
 
 
-def _generate(model, data, image_root, out, *extra):
-    return cli(["generate", "--model", str(model), "--data", str(data), "--image-root", image_root,
+def _generate(model, data, family_images, out, *extra):
+    return cli(["generate", "--model", str(model), "--data", str(data), "--image-root", family_images,
                 "--out", str(out), *GEN, *extra])
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def staged(request, tiny_family, image_root, tmp_path_factory):
+def staged(request, tiny_family, family_images, tmp_path_factory):
     family = request.param
     base = tiny_family(family)
     tmp = tmp_path_factory.mktemp(f"stages_{family}")
@@ -57,20 +76,20 @@ def staged(request, tiny_family, image_root, tmp_path_factory):
     rc = {}
     for target, mode in (("pixels", "sample"), ("features", "sample"), ("features", "contrast")):
         rc[f"weaken_{target}_{mode}"] = cli(["bootstrap", "weaken", "--model", base, "--data", str(data),
-                                             "--image-root", image_root, "--out", str(tmp / f"w_{target}_{mode}.jsonl"),
+                                             "--image-root", family_images, "--out", str(tmp / f"w_{target}_{mode}.jsonl"),
                                              "--noise-target", target, "--mode", mode, "--steps", "999", *GEN])
     for name in ("self", "blind"):
-        rc[name] = cli(["bootstrap", name, "--model", base, "--data", str(data), "--image-root", image_root,
+        rc[name] = cli(["bootstrap", name, "--model", base, "--data", str(data), "--image-root", family_images,
                         "--out", str(tmp / f"{name}.jsonl"), *GEN])
     rc["inject"] = cli(["bootstrap", "inject", "--model", base, "--data", str(data), "--out", str(tmp / "inj.jsonl"),
                         "--template", "few_shot", "--retries", "0", *GEN])
-    rc["lora"] = _train(base, data, image_root, tmp / "lora", "lora.train_projector=true", "run.merge=true")
-    rc["full"] = _train(base, data, image_root, tmp / "full", "lora.enabled=false", "run.max_steps=1")
-    rc["gen_b4"] = _generate(base, data, image_root, tmp / "gen_b4.jsonl", "--batch-size", "4")
-    rc["gen_b1"] = _generate(base, data, image_root, tmp / "gen_b1.jsonl", "--batch-size", "1")
-    rc["gen_merged"] = _generate(tmp / "lora" / "merged", data, image_root, tmp / "gen_merged.jsonl")
-    rc["gen_full"] = _generate(tmp / "full" / "model", data, image_root, tmp / "gen_full.jsonl")
-    rc["gen_adapter"] = _generate(base, data, image_root, tmp / "gen_adapter.jsonl", "--adapter",
+    rc["lora"] = _train(base, data, family_images, tmp / "lora", "lora.train_projector=true", "run.merge=true")
+    rc["full"] = _train(base, data, family_images, tmp / "full", "lora.enabled=false", "run.max_steps=1")
+    rc["gen_b4"] = _generate(base, data, family_images, tmp / "gen_b4.jsonl", "--batch-size", "4")
+    rc["gen_b1"] = _generate(base, data, family_images, tmp / "gen_b1.jsonl", "--batch-size", "1")
+    rc["gen_merged"] = _generate(tmp / "lora" / "merged", data, family_images, tmp / "gen_merged.jsonl")
+    rc["gen_full"] = _generate(tmp / "full" / "model", data, family_images, tmp / "gen_full.jsonl")
+    rc["gen_adapter"] = _generate(base, data, family_images, tmp / "gen_adapter.jsonl", "--adapter",
                                   str(tmp / "lora" / "adapter"))
     return {"family": family, "base": base, "tmp": tmp, "data": data, "rc": rc}
 
@@ -88,7 +107,7 @@ def test_weakened_negatives_for_every_image_record(staged):
             assert len(new) == 1, (staged["family"], name, rid)
 
 
-def test_feature_noise_reaches_only_its_record(staged, image_root):
+def test_feature_noise_reaches_only_its_record(staged, family_images):
     """Feature-space noise reaches the model: the noised record's logits move, its batch mate's do not."""
     import functools
 
@@ -96,18 +115,19 @@ def test_feature_noise_reaches_only_its_record(staged, image_root):
     from bpo.bootstrap.weaken import noise_features
     from bpo.data.records import Record
 
-    engine = build_hf_engine(staged["base"], image_root=image_root)
-    recs = [Record.from_dict(r) for r in ROWS[:2]]
-    noise = functools.partial(noise_features, step=999, seed=0, record_id=recs[0].id)
-    encoded, failed = engine.encode([Request("a", recs[0], feature_transform=noise), Request("b", recs[1])])
+    engine = build_hf_engine(staged["base"], image_root=family_images)
+    recs = [Record.from_dict(r) for r in (ROWS[0], SHAPES[0], ROWS[1])]  # images of two shapes in one batch
+    noise = functools.partial(noise_features, step=999, seed=0, record_id=recs[1].id)
+    encoded, failed = engine.encode([Request("a", recs[0]), Request("b", recs[1], feature_transform=noise),
+                                     Request("c", recs[2])])
     assert not failed
     inputs = engine.collate(encoded)
     with torch.no_grad():
         clean = engine.model(**inputs).logits[:, -1]
         with projector_hook(engine.model, encoded, engine.encoder.image_token_ids):
             noisy = engine.model(**inputs).logits[:, -1]
-    assert not torch.allclose(noisy[0], clean[0], atol=1e-4), staged["family"]
-    assert torch.allclose(noisy[1], clean[1], atol=1e-5), staged["family"]
+    assert not torch.allclose(noisy[1], clean[1], atol=1e-4), staged["family"]
+    assert torch.allclose(noisy[0], clean[0], atol=1e-5) and torch.allclose(noisy[2], clean[2], atol=1e-5)
 
 
 def test_self_blind_inject_write_every_record(staged):
@@ -123,7 +143,7 @@ def test_batched_generation_equals_one_at_a_time(staged):
     assert [r["response"] for r in b4] == [r["response"] for r in b1], staged["family"]
 
 
-def test_generation_equals_plain_transformers_generate(staged, image_root):
+def test_generation_equals_plain_transformers_generate(staged, family_images):
     """bpo's greedy answers equal ``model.generate`` on ``processor.apply_chat_template(tokenize=True)`` inputs."""
     from PIL import Image
     from transformers import AutoModelForImageTextToText
@@ -134,7 +154,7 @@ def test_generation_equals_plain_transformers_generate(staged, image_root):
     processor = load_processor(staged["base"])
     ours = {r["id"]: r["response"] for r in _rows(staged["tmp"] / "gen_b1.jsonl")}
     for row in ROWS:
-        images = iter(Image.open(f"{image_root}/{name}").convert("RGB") for name in row["images"])
+        images = iter(Image.open(f"{family_images}/{name}").convert("RGB") for name in row["images"])
         conv = [{"role": m["role"], "content": [{"type": "image", "image": next(images)} if p["type"] == "image"
                                                 else p for p in (m["content"] if isinstance(m["content"], list)
                                                                  else [{"type": "text", "text": m["content"]}])]}
@@ -174,18 +194,18 @@ def test_plain_transformers_loads_the_outputs(staged):
             assert isinstance(AutoProcessor.from_pretrained(folder), ProcessorMixin)
 
 
-def _logits(model, processor, record, image_root):
+def _logits(model, processor, record, family_images):
     from bpo.data.records import Record
     from bpo.models.encoding import Encoder
 
     rec = Record.from_dict(record)
-    ids, vision, extras = Encoder(processor, image_root).encode_prompt(rec)
+    ids, vision, extras = Encoder(processor, family_images).encode_prompt(rec)
     inputs = {"input_ids": torch.tensor([ids]), **vision, **{k: torch.tensor([v]) for k, v in extras.items()}}
     with torch.no_grad():
         return model(**inputs).logits
 
 
-def test_plain_peft_reload_has_the_same_logits(staged, image_root):
+def test_plain_peft_reload_has_the_same_logits(staged, family_images):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
@@ -197,11 +217,11 @@ def test_plain_peft_reload_has_the_same_logits(staged, image_root):
     merged = AutoModelForImageTextToText.from_pretrained(staged["tmp"] / "lora" / "merged").eval()
     base = AutoModelForImageTextToText.from_pretrained(staged["base"]).eval()
     proc = load_processor(staged["base"])
-    trained = _logits(ours, processor, ROWS[0], image_root)
-    assert not torch.allclose(_logits(base, proc, ROWS[0], image_root), trained, atol=1e-4)  # training changed it
+    trained = _logits(ours, processor, ROWS[0], family_images)
+    assert not torch.allclose(_logits(base, proc, ROWS[0], family_images), trained, atol=1e-4)  # training changed it
     for record in (ROWS[0], ROWS[2], TEXT_ONLY):
-        a = _logits(ours, processor, record, image_root)
-        b = _logits(plain, proc, record, image_root)
+        a = _logits(ours, processor, record, family_images)
+        b = _logits(plain, proc, record, family_images)
         assert torch.allclose(a, b, atol=1e-5, rtol=0), (staged["family"], (a - b).abs().max())
-        m = _logits(merged, proc, record, image_root)
+        m = _logits(merged, proc, record, family_images)
         assert torch.allclose(a, m, atol=1e-4, rtol=0), (staged["family"], (a - m).abs().max())
