@@ -20,6 +20,7 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 # Processors that insist on a video processor, which needs torchvision (Qwen2-VL, Qwen2.5-VL, ...).
 IMAGE_ONLY_FALLBACKS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
 _IMAGE_ONLY_CACHE: dict[str, type] = {}
+LEGACY_NAMES = {"Qwen2VLImageOnlyProcessor": "Qwen2VLProcessor"}
 
 
 def image_only_processor_cls(name: str):
@@ -112,6 +113,8 @@ def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revisi
     if not isinstance(proc, ProcessorMixin):
         # AutoProcessor silently returns a bare tokenizer when the processor class cannot be built.
         cls_name = _processor_class_name(name_or_path) if os.path.isdir(name_or_path) else None
+        # Folders saved by older bpo versions name the private subclass; it is the stock class's image-only form.
+        cls_name = LEGACY_NAMES.get(cls_name, cls_name)
         if cls_name not in IMAGE_ONLY_FALLBACKS:
             why = first_line(error) if error else "it has no multimodal processor"
             raise BpoError(f"cannot load a processor from {name_or_path!r} ({why}); pass a local model "

@@ -91,3 +91,17 @@ def test_load_error_reason_is_never_empty(tmp_path):
     (tmp_path / "processor_config.json").write_text('{"processor_class": "Qwen2_5_VLProcessor"}')
     with pytest.raises(BpoError, match=r"cannot load a processor .*\(\S"):
         load_processor(str(tmp_path))
+
+
+def test_folders_saved_under_the_old_private_name_still_load(tiny_family, tmp_path):
+    import shutil
+
+    from transformers import Qwen2VLProcessor
+
+    from bpo.models.loading import load_processor
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_family("qwen2vl"), old)
+    cfg = json.loads((old / "processor_config.json").read_text())
+    (old / "processor_config.json").write_text(json.dumps({**cfg, "processor_class": "Qwen2VLImageOnlyProcessor"}))
+    assert isinstance(load_processor(str(old)), Qwen2VLProcessor)

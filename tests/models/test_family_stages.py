@@ -143,9 +143,21 @@ def test_batched_generation_equals_one_at_a_time(staged):
     assert [r["response"] for r in b4] == [r["response"] for r in b1], staged["family"]
 
 
+def _hf_inputs(processor, row, images_dir):
+    """The Hugging Face way: every content a list of parts with the images inline, apply_chat_template(tokenize)."""
+    from PIL import Image
+
+    images = iter(Image.open(f"{images_dir}/{name}").convert("RGB") for name in row["images"])
+    conv = [{"role": m["role"], "content": [{"type": "image", "image": next(images)} if p["type"] == "image"
+                                            else p for p in (m["content"] if isinstance(m["content"], list)
+                                                             else [{"type": "text", "text": m["content"]}])]}
+            for m in row["prompt"]]
+    return processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                         return_tensors="pt")
+
+
 def test_generation_equals_plain_transformers_generate(staged, family_images):
     """bpo's greedy answers equal ``model.generate`` on ``processor.apply_chat_template(tokenize=True)`` inputs."""
-    from PIL import Image
     from transformers import AutoModelForImageTextToText
 
     from bpo.models.loading import load_processor
@@ -154,13 +166,7 @@ def test_generation_equals_plain_transformers_generate(staged, family_images):
     processor = load_processor(staged["base"])
     ours = {r["id"]: r["response"] for r in _rows(staged["tmp"] / "gen_b1.jsonl")}
     for row in ROWS:
-        images = iter(Image.open(f"{family_images}/{name}").convert("RGB") for name in row["images"])
-        conv = [{"role": m["role"], "content": [{"type": "image", "image": next(images)} if p["type"] == "image"
-                                                else p for p in (m["content"] if isinstance(m["content"], list)
-                                                                 else [{"type": "text", "text": m["content"]}])]}
-                for m in row["prompt"]]
-        inputs = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                               return_tensors="pt")
+        inputs = _hf_inputs(processor, row, family_images)
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
         plain = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
@@ -219,9 +225,10 @@ def test_plain_peft_reload_has_the_same_logits(staged, family_images):
     proc = load_processor(staged["base"])
     trained = _logits(ours, processor, ROWS[0], family_images)
     assert not torch.allclose(_logits(base, proc, ROWS[0], family_images), trained, atol=1e-4)  # training changed it
-    for record in (ROWS[0], ROWS[2], TEXT_ONLY):
+    for record in (ROWS[0], ROWS[2], TEXT_ONLY, SYSTEM):
         a = _logits(ours, processor, record, family_images)
-        b = _logits(plain, proc, record, family_images)
+        with torch.no_grad():  # the plain side: no bpo code in its inputs either
+            b = plain(**_hf_inputs(proc, record, family_images)).logits
         assert torch.allclose(a, b, atol=1e-5, rtol=0), (staged["family"], (a - b).abs().max())
         m = _logits(merged, proc, record, family_images)
         assert torch.allclose(a, m, atol=1e-4, rtol=0), (staged["family"], (a - m).abs().max())
