@@ -27,14 +27,16 @@ RECORDS = {
     "text_only": [{"role": "user", "content": "how many people are there ?"}],
     "system": [{"role": "system", "content": "You are a careful assistant ."},
                {"role": "user", "content": IMG + _text("is there a horse ?")}],
+    "two_images": [{"role": "user", "content": IMG + IMG + _text("which one is red ?")}],
 }
+NAMES = ["red.png", "green.png", "blue.png"]
 
 
-def _reference(processor, prompt, image):
-    conv = []
+def _reference(processor, prompt, images):
+    conv, images = [], iter(images)
     for m in prompt:
         parts = m["content"] if isinstance(m["content"], list) else _text(m["content"])
-        conv.append({"role": m["role"], "content": [{"type": "image", "image": image} if p["type"] == "image"
+        conv.append({"role": m["role"], "content": [{"type": "image", "image": next(images)} if p["type"] == "image"
                                                     else p for p in parts]})
     return processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, return_dict=True,
                                          return_tensors="pt")
@@ -55,14 +57,16 @@ def test_prompt_ids_equal_apply_chat_template(family, kind, image_root):
 
     name, processor = family
     prompt = RECORDS[kind]
-    has_image = any(p.get("type") == "image" for m in prompt if isinstance(m["content"], list) for p in m["content"])
-    rec = Record(id=kind, prompt=prompt, chosen="x", images=["red.png"] if has_image else [])
+    n_images = sum(p.get("type") == "image" for m in prompt if isinstance(m["content"], list) for p in m["content"])
+    rec = Record(id=kind, prompt=prompt, chosen="x", images=NAMES[:n_images])
     ids, vision, extras = Encoder(processor, image_root).encode_prompt(rec)
-    image = Image.open(f"{image_root}/red.png").convert("RGB")
-    ref = _reference(processor, prompt, image)
+    ref = _reference(processor, prompt, [Image.open(f"{image_root}/{n}").convert("RGB") for n in NAMES[:n_images]])
     assert ids == ref["input_ids"][0].tolist(), processor.tokenizer.decode(ids)
     for key, val in vision.items():
         assert torch.equal(val, ref[key]), key
+    for key, val in extras.items():  # Gemma 3 token_type_ids, Qwen mm_token_type_ids
+        assert val == ref[key][0].tolist(), key
+    assert set(ref) == {"input_ids", "attention_mask", *vision, *extras}
     bos = processor.tokenizer.bos_token
     if bos is not None:
         assert processor.tokenizer.decode(ids).count(bos) == 1  # never a second <bos> (Gemma 3)
