@@ -2,8 +2,11 @@
 
 API (stable; tests and other modules rely on it)::
 
-    from bpo.models.families import FAMILIES, build_tiny
+    from bpo.models.families import FAMILIES, build_tiny, make_tiny
     path = build_tiny("llava_next", out_dir, seed=0)   # -> Path of a from_pretrained-loadable folder
+    model, processor = make_tiny("gemma3", seed=0)     # the same, in memory
+
+In tests, the session fixture ``tiny_family(name) -> str`` (tests/conftest.py) builds each family once.
 
 ``FAMILIES`` lists the family names: ``"llava"`` (llava-hf/llava-1.5-7b-hf), ``"llava_next"``
 (llava-hf/llava-v1.6-mistral-7b-hf), ``"qwen2vl"`` (Qwen/Qwen2-VL-7B-Instruct), ``"qwen25vl"``
@@ -21,7 +24,8 @@ Only sizes are scaled down (layers, widths, image resolution, image-token counts
 "scaled" below. The tokenizer is a byte-level BPE trained here on a small corpus, so any text encodes; its
 specials and whether it adds ``bos`` match the family's tokenizer.
 
-A build takes well under 2 s. Builds are deterministic in ``seed``.
+A build takes 0.15-0.4 s once transformers is imported (measured on the 2-core CI box). Builds are
+deterministic in ``seed``.
 """
 
 from __future__ import annotations
