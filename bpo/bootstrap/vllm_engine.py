@@ -40,6 +40,7 @@ class VllmEngine:
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings, *, batch_fn=None) -> list[Generation]:
         from bpo.data.images import load_record_images
+        from bpo.models.chat import text_for_tokenizer_with_specials
         from bpo.models.encoding import render_prompt
 
         if batch_fn is not None or any(r.vision_transform or r.feature_transform for r in requests):
@@ -48,7 +49,9 @@ class VllmEngine:
         items, params, keys = [], [], []
         for req in requests:
             try:
-                item = {"prompt": render_prompt(self.processor, req.record.prompt)}
+                # vLLM adds the tokenizer's specials itself: never a second <bos> (Gemma 3's template writes one).
+                item = {"prompt": text_for_tokenizer_with_specials(
+                    self.processor.tokenizer, render_prompt(self.processor, req.record.prompt))}
                 images = load_record_images(req.record, self.image_root) if req.record.images else []
             except BpoError as exc:
                 results[req.key] = Generation(req.key, error=RecordError(str(exc), record_id=req.record.id))

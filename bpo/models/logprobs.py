@@ -25,14 +25,23 @@ class RowBatch:
     first_response_pos: int  # smallest prompt length: logits before it are never needed
 
 
+def _pad_to(t: torch.Tensor, size: list[int]) -> torch.Tensor:
+    pad = []
+    for d in reversed(range(1, t.dim())):
+        pad += [0, size[d - 1] - t.shape[d]]
+    return torch.nn.functional.pad(t, pad)
+
+
 def cat_vision(parts: list[dict]) -> dict:
     out = {}
     for key in parts[0]:
         tensors = [p[key] for p in parts]
-        if tensors[0].dim() == 5 and len({t.shape[1] for t in tensors}) > 1:
-            # LLaVA-NeXT: [n_img, n_patches, 3, H, W] with n_patches varying per image; pad dim 1.
-            n = max(t.shape[1] for t in tensors)
-            tensors = [torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 0, 0, n - t.shape[1])) for t in tensors]
+        if tensors[0].dim() >= 4 and len({t.shape[1:] for t in tensors}) > 1:
+            # Per-image crops/tiles: LLaVA-NeXT [n_img, n_patches, 3, H, W] with n_patches varying per image;
+            # Idefics3 pixel_values and pixel_attention_mask with varying tile counts and sizes. Zero padding
+            # is what the processors themselves pad a batch with (all-zero tiles and mask = padding).
+            size = [max(t.shape[d] for t in tensors) for d in range(1, tensors[0].dim())]
+            tensors = [_pad_to(t, size) for t in tensors]
         out[key] = torch.cat(tensors, dim=0)
     return out
 

@@ -45,10 +45,12 @@ class PromptCache:
         key = (question, image)
         if key not in self._cache:
             from bpo.data.records import user_turn
+            from bpo.models.chat import add_special_tokens
             from bpo.models.encoding import render_prompt
 
             text = render_prompt(self.processor, [user_turn(question, 1 if image else 0)])
             kwargs = {"images": [self._dummy]} if image else {}
+            kwargs["add_special_tokens"] = add_special_tokens(self.tok, text)  # as the Encoder tokenises
             self._cache[key] = self.processor(text=[text], return_tensors="pt", **kwargs)["input_ids"][0].tolist()
         return self._cache[key]
 
