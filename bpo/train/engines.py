@@ -46,9 +46,9 @@ def make_accelerator(mixed_precision: str):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
     use_ds, use_fsdp = _flag("ACCELERATE_USE_DEEPSPEED"), _flag("ACCELERATE_USE_FSDP")
-    cpu_engine = (use_ds or use_fsdp) and launched > 1 and not torch.cuda.is_available()
+    launched = "LOCAL_RANK" in os.environ  # by accelerate launch / torchrun, any world size
+    cpu_engine = (use_ds or use_fsdp) and launched and not torch.cuda.is_available()
     if not cpu_engine:
         return Accelerator(mixed_precision=mixed_precision)
     if _flag("ACCELERATE_USE_CPU"):
@@ -57,7 +57,7 @@ def make_accelerator(mixed_precision: str):
     if use_ds:
         _skip_shm_comm_build()
     acc = Accelerator(mixed_precision=mixed_precision, kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
-    if use_fsdp and acc.distributed_type == DistributedType.NO:
+    if use_fsdp and acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU):
         # accelerate keeps its FSDP plugin only for GPU-like device types; without this the run would train
         # unsharded copies under an FSDP config and say nothing.
         from accelerate.utils import FullyShardedDataParallelPlugin
