@@ -138,6 +138,16 @@ def test_full_finetune_with_sharded_reference_equals_one_process(engine, setting
                           atol=1e-4)
 
 
+def test_shipped_configs_are_the_tested_engines():
+    import yaml
+
+    zero2, zero3, fsdp = (yaml.safe_load(CONFIGS[k].read_text()) for k in ("zero2", "zero3", "fsdp2"))
+    assert (zero2["deepspeed_config"]["zero_stage"], zero3["deepspeed_config"]["zero_stage"]) == (2, 3)
+    assert zero3["deepspeed_config"]["zero3_init_flag"] is True  # every rank loads, partitioned while loading
+    assert fsdp["distributed_type"] == "FSDP" and fsdp["fsdp_config"]["fsdp_version"] == 2
+    assert not any(c.get("use_cpu") for c in (zero2, zero3, fsdp))  # --cpu would switch the engine off
+
+
 def test_resume_refuses_another_engine_or_world_size(tmp_path):
     from bpo.train.engines import check_resumable
 
