@@ -43,7 +43,9 @@ COMPARED = ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "lr")
 def setting(tiny_llava, image_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("engines")
     data = root / "prefs.jsonl"
-    rows = [dict(r, id=f"{r['id']}-{k}") for k in range(4) for r in PREF_ROWS]  # 16 examples, 8 micro-batches
+    # 17 examples: the reference pre-pass shares (9 + 8) need padding to equal batch counts, which ZeRO-3 and
+    # FSDP2 forwards require (else a hang); training drops the odd ninth micro-batch on both sides alike.
+    rows = [dict(r, id=f"{r['id']}-{k}") for k in range(5) for r in PREF_ROWS][:17]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"root": root, "model": tiny_llava, "args": [f"model.name={tiny_llava}", f"data.train={data}",
                                                         f"data.image_root={image_root}", *COMMON]}
@@ -64,7 +66,9 @@ def _launch(setting, engine: str, out: Path, *extra, die_at: int | None = None):
     module = ["-m", "tests.train.dying_train", str(die_at)] if die_at else ["-m", "bpo", "train"]
     cmd = [ACCELERATE, "launch", "--config_file", str(CONFIGS[engine]), "--num_processes", "2",
            "--mixed_precision", "no", *module, *setting["args"], f"run.output_dir={out}", *extra]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # A cache home per run: the engine's own pre-pass computes the reference log-probs (each rank its share).
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               BPO_HOME=str(out.parent / f"{out.name}-home"))
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
 
@@ -113,6 +117,7 @@ def test_lora_killed_and_resumed_equals_one_process(engine, setting):
     done = _launch(setting, engine, out, "run.save_every=2", *(["run.merge=true"] if merge else []))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout and "checkpoint-2" in done.stdout
+    assert "17 computed" in died.stdout  # the engine's pre-pass scored every record (the resume reuses them)
     _assert_same_curve(one, out)
     # the gathered adapter is a normal peft adapter: PeftModel.from_pretrained, same log-probs
     examples, pad = _examples(setting)
@@ -136,6 +141,20 @@ def test_full_finetune_with_sharded_reference_equals_one_process(engine, setting
     examples, pad = _examples(setting)
     assert torch.allclose(_logps(str(out / "model"), examples, pad), _logps(str(one / "model"), examples, pad),
                           atol=1e-4)
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_single_process_refuses_an_engine_checkpoint(setting):
+    from bpo.train.trainer import Trainer
+
+    ckpt = setting["root"] / "zero2-lora" / "checkpoint-2"
+    if not (ckpt / "state.json").exists():
+        pytest.skip("needs the ZeRO-2 run of test_lora_killed_and_resumed_equals_one_process")
+    cfg = load_config(TrainConfig, None, [*setting["args"], f"run.output_dir={setting['root'] / 'refused'}",
+                                          f"run.resume={ckpt}"])
+    with pytest.raises(BpoError, match="written under zero2, this run uses single"):
+        Trainer(cfg, log=lambda *_: None).setup().train()
 
 
 def test_shipped_configs_are_the_tested_engines():
