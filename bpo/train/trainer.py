@@ -79,6 +79,8 @@ class Trainer:
         return self
 
     def _load_model(self):
+        from accelerate.utils import set_seed
+
         from bpo.models.loading import load_model, load_processor
 
         cfg = self.cfg
@@ -91,8 +93,6 @@ class Trainer:
             # The start adapter (e.g. SFT LoRA) becomes part of both policy and reference.
             model = attach_adapter(model, cfg.model.adapter).merge_and_unload()
         zero3 = getattr(self, "engine", "single") == "zero3"
-        from accelerate.utils import set_seed
-
         set_seed(cfg.run.seed)  # LoRA init from the seed alone: ZeRO-3's zero.Init load draws random numbers
         self.policy, self.ref_model = prepare_policy(model, cfg.lora, copy_reference=not zero3,
                                                      gradient_checkpointing=cfg.run.gradient_checkpointing)
@@ -210,6 +210,7 @@ class Trainer:
         logger = MetricsLogger(self.out, tensorboard=cfg.run.tensorboard, enabled=main)
         step, epoch, micro = self._maybe_resume(logger)
         world, rank = acc.num_processes, acc.process_index
+        deepspeed = engines.is_deepspeed(self.engine)  # ZeRO partitions grads: no no_sync; the engine steps
         from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
@@ -225,7 +226,6 @@ class Trainer:
                 micro += 1
                 accum += 1
                 sync = accum == cfg.run.grad_accum or micro == len(mine)
-                deepspeed = engines.is_deepspeed(self.engine)  # ZeRO partitions grads: no no_sync, engine steps
                 ctx = acc.no_sync(self.policy) if not sync and world > 1 and not deepspeed else contextlib.nullcontext()
                 with ctx:
                     loss = self.micro_step(examples, stats)
