@@ -56,6 +56,14 @@ def _unwrap(model):
     return model
 
 
+def _is_fsdp2(model) -> bool:
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)
+
+
 def unsupported_reason(model) -> str | None:
     """Why the shared-prefix path cannot be used for ``model`` right now, or None if it can.
 
@@ -66,6 +74,10 @@ def unsupported_reason(model) -> str | None:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # Two forwards per backward through one DDP wrapper is not a pattern DDP's reducer supports.
         return "multi-process (DDP) training"
+    if _is_fsdp2(model):
+        # The prefix forward's gathered weights are resharded before the suffix forward; backward then
+        # finds freed storage (seen on torch 2.13). ZeRO-2/3 re-gather per forward and are fine.
+        return "FSDP2 sharding"
     base = _unwrap(model)
     config = getattr(base, "config", None)
     kind = getattr(config, "model_type", None)

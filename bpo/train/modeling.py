@@ -58,8 +58,12 @@ def lora_target_modules(model, targets: list[str]) -> list[str]:
     return names
 
 
-def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False):
-    """Freeze/unfreeze per the config and wrap in peft when LoRA is on. Returns (model, ref_model|None)."""
+def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False, copy_reference: bool = True):
+    """Freeze/unfreeze per the config and wrap in peft when LoRA is on. Returns (model, ref_model|None).
+
+    ``copy_reference=False``: full fine-tuning returns no reference (ZeRO-3 loads its own: a deep copy of
+    partitioned weights would copy empty shards).
+    """
     proj = projector_name(model)
     vision = vision_prefix(model)
     ref_model = None
@@ -90,7 +94,8 @@ def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False):
         # Qwen2-VL: the merger sits inside the vision tower; honour train_projector after freezing vision.
         if proj and lora_cfg.train_projector:
             model.get_submodule(proj).requires_grad_(True)
-        ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+        if copy_reference:
+            ref_model = copy.deepcopy(model).requires_grad_(False).eval()
     if not any(p.requires_grad for p in model.parameters()):
         raise BpoError("nothing to train: check lora.target_modules / train_projector")
     return model, ref_model
@@ -110,6 +115,9 @@ def reference_mode(model, ref_model=None):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def numel(p):  # ZeRO-3 partitioned parameters are empty locally; ds_numel is the full size
+        return getattr(p, "ds_numel", p.numel())
+
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return trainable, total

@@ -181,6 +181,7 @@ def build_reference_cache(trainer) -> ReferenceCache | None:
     computes its share of the missing examples; all of them then read every part file.
     """
     from bpo.paths import cache_dir
+    from bpo.train.engines import is_sharded
 
     cfg, acc = trainer.cfg, trainer.acc
     if cfg.run.ref_cache == "off" or cfg.loss.type == "sft":
@@ -188,7 +189,13 @@ def build_reference_cache(trainer) -> ReferenceCache | None:
     fingerprint, ingredients = reference_fingerprint(cfg, trainer.processor, acc.unwrap_model(trainer.policy))
     cache = ReferenceCache(cache_dir("ref_logps"), fingerprint, ingredients)
     todo = cache.attach(trainer.examples)
+    acc.wait_for_everyone()  # every rank read the same part files before any rank appends to them
     mine = todo[acc.process_index::acc.num_processes]
+    if is_sharded(getattr(trainer, "engine", "single")) and todo:
+        # A sharded forward is collective: every rank must run as many batches (the padding rows are
+        # recomputed duplicates, identical values under the same key).
+        share = -(-len(todo) // acc.num_processes)
+        mine = mine + todo[: share - len(mine)]
     computed = fill_cache(cache, trainer.examples, mine, trainer._reference_logps, cfg.run.batch_size,
                           progress=cfg.run.progress and acc.is_main_process)
     acc.wait_for_everyone()

@@ -19,6 +19,7 @@ import torch
 from bpo.config import to_dict
 from bpo.errors import BpoError
 from bpo.train import checkpoint as ckpt
+from bpo.train import engines
 from bpo.train.config import TrainConfig
 from bpo.train.data import epoch_batches, negative_matrix, select_negatives, subset
 from bpo.train.losses import LOSSES, nll_loss
@@ -50,12 +51,13 @@ class Trainer:
 
     # ---- setup -----------------------------------------------------------------------------------
     def setup(self):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         cfg = self.cfg
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
-        self.acc = Accelerator(mixed_precision=mp)
+        self.acc = engines.make_accelerator(mp)  # DeepSpeed/FSDP from `accelerate launch`, CPU included
+        self.engine = engines.engine_name(self.acc)
+        engines.check_supported(self.engine, cfg)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.acc.num_processes == 1:
             # torchrun on a CPU box: accelerate stays single-process unless told to use the CPU backend, and
@@ -81,6 +83,8 @@ class Trainer:
         return self
 
     def _load_model(self):
+        from accelerate.utils import set_seed
+
         from bpo.models.loading import load_model, load_processor
 
         cfg = self.cfg
@@ -93,8 +97,12 @@ class Trainer:
 
             # The start adapter (e.g. SFT LoRA) becomes part of both policy and reference.
             model = attach_adapter(model, cfg.model.adapter).merge_and_unload()
-        self.policy, self.ref_model = prepare_policy(model, cfg.lora,
+        zero3 = getattr(self, "engine", "single") == "zero3"
+        set_seed(cfg.run.seed)  # LoRA init from the seed alone: ZeRO-3's zero.Init load draws random numbers
+        self.policy, self.ref_model = prepare_policy(model, cfg.lora, copy_reference=not zero3,
                                                      gradient_checkpointing=cfg.run.gradient_checkpointing)
+        if zero3 and not cfg.lora.enabled:
+            self.ref_model = engines.load_reference_copy(cfg)  # partitioned by zero.Init on every rank
         self.policy.train()
         trainable, total = count_parameters(self.policy)
         self.log(f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
@@ -146,9 +154,12 @@ class Trainer:
         warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, warmup, cfg.optim.scheduler))
+        if engines.is_deepspeed(self.engine):
+            engines.configure_deepspeed(self.acc, cfg)
+        elif self.engine == "fsdp2":
+            engines.configure_fsdp(self.acc, self.policy)
         self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
-        if self.ref_model is not None:
-            self.ref_model.to(self.acc.device)
+        self.ref_model = engines.prepare_reference(self.acc, self.engine, self.ref_model)
 
     # ---- one micro-batch -------------------------------------------------------------------------
     def _logps(self, model, examples):
@@ -204,6 +215,7 @@ class Trainer:
         logger = MetricsLogger(self.out, tensorboard=cfg.run.tensorboard, enabled=main)
         step, epoch, micro = self._maybe_resume(logger)
         world, rank = acc.num_processes, acc.process_index
+        deepspeed = engines.is_deepspeed(self.engine)  # ZeRO partitions grads: no no_sync; the engine steps
         from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
@@ -219,10 +231,14 @@ class Trainer:
                 micro += 1
                 accum += 1
                 sync = accum == cfg.run.grad_accum or micro == len(mine)
-                ctx = acc.no_sync(self.policy) if not sync and world > 1 else contextlib.nullcontext()
+                ctx = acc.no_sync(self.policy) if not sync and world > 1 and not deepspeed else contextlib.nullcontext()
                 with ctx:
                     loss = self.micro_step(examples, stats)
-                    acc.backward(loss / accum_divisor(cfg.run.grad_accum, accum, micro, len(mine)))
+                    scaled = loss / accum_divisor(cfg.run.grad_accum, accum, micro, len(mine))
+                    if deepspeed:
+                        engines.backward(self.policy, scaled, sync)
+                    else:
+                        acc.backward(scaled)
                 stats.add("loss", loss.detach().reshape(1))
                 n_ex += len(examples)
                 n_pairs += sum(len(e.response_ids) - 1 for e in examples)
@@ -252,7 +268,9 @@ class Trainer:
         logger.close()
         acc.wait_for_everyone()
         result = {"steps": step, "final_loss": last_loss, "output_dir": str(self.out)}
-        if main:
+        if engines.is_sharded(self.engine):
+            result.update(engines.save_final(self))  # gathers on every rank, rank 0 writes
+        elif main:
             result.update(self._save_final())
         return result
 
@@ -295,8 +313,13 @@ class Trainer:
             if self.acc.is_main_process and (self.out / "metrics.jsonl").exists():
                 (self.out / "metrics.jsonl").unlink()
             return 0, 0, 0
-        state = ckpt.load_checkpoint(path, model=self.acc.unwrap_model(self.policy), optimizer=self.optimizer,
-                                     scheduler=self.scheduler)
+        engines.check_resumable(path, json.loads((path / "state.json").read_text()), self.engine,
+                                self.acc.num_processes)
+        if engines.is_sharded(self.engine):
+            state = engines.load_checkpoint(self.acc, self.engine, path, scheduler=self.scheduler)
+        else:
+            state = ckpt.load_checkpoint(path, model=self.acc.unwrap_model(self.policy), optimizer=self.optimizer,
+                                         scheduler=self.scheduler)
         if state.get("fingerprint") != self._fingerprint():
             raise BpoError(f"{path}: checkpoint was made with different data/model/loss settings; use a new "
                            "run.output_dir or run.resume=none")
@@ -305,9 +328,14 @@ class Trainer:
         return state["global_step"], state["epoch"], state["micro"]
 
     def _save_checkpoint(self, step, epoch, micro):
+        state = {"global_step": step, "epoch": epoch, "micro": micro, "fingerprint": self._fingerprint()}
+        if engines.is_sharded(self.engine):  # every rank writes its shard
+            engines.save_checkpoint(self.acc, self.engine, self.out, scheduler=self.scheduler, state=state,
+                                    keep=self.cfg.run.keep_checkpoints)
+            return
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            state = {"global_step": step, "epoch": epoch, "micro": micro, "fingerprint": self._fingerprint()}
+            state["world_size"] = self.acc.num_processes
             ckpt.save_checkpoint(self.out, model=self.acc.unwrap_model(self.policy), optimizer=self.optimizer,
                                  scheduler=self.scheduler, state=state, keep=self.cfg.run.keep_checkpoints)
 
