@@ -172,7 +172,9 @@ def load_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise BpoError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        from bpo.io import read_text
+
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -28,7 +28,7 @@ from typing import Any
 
 from bpo.data.records import Record, message_text
 from bpo.errors import BpoError, RecordError
-from bpo.io import atomic_write, read_json_or_jsonl, read_jsonl
+from bpo.io import _check_readable, atomic_write, read_json_or_jsonl, read_jsonl
 from bpo.registry import Registry
 
 IMPORTERS = Registry("import format")
@@ -530,8 +530,7 @@ def detect_format(row: dict) -> str:
 def iter_rows(path: str | os.PathLike, *, skip_bad: bool = False, errors: list | None = None):
     """Yield ``(where, row)`` from ``.jsonl``, ``.json`` (a list) or ``.parquet``."""
     path = Path(path)
-    if not path.exists():
-        raise BpoError(f"{path}: file not found")
+    _check_readable(path)
     if path.suffix == ".parquet":
         yield from _iter_parquet(path)
     elif path.suffix == ".json":
