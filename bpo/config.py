@@ -69,8 +69,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if tp is float:
+            if isinstance(value, bool):  # `optim.lr=true` is a typo, not 1.0
+                raise ValueError(value)
             return float(value)
         if tp is str:
+            if isinstance(value, (list, dict)):  # a name or path, never a YAML list/mapping
+                raise ValueError(value)
             return str(value)
         if origin in (list, tuple):
             (inner,) = typing.get_args(tp)[:1] or (Any,)

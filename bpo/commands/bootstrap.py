@@ -198,6 +198,9 @@ def _merge(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, job=("out",))  # before anything is opened for writing: --out may not be an input
     if args.generator == "merge":
         return _merge(args)
     if args.batch_size < 1:

@@ -105,4 +105,7 @@ def _stats(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, output_dirs=("image_out",))  # --out may not be the imported file
     return {"validate": _validate, "import": _import, "stats": _stats}[args.action](args)

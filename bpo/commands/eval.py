@@ -226,6 +226,9 @@ def _compare(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args)  # --out/--details may not be --responses, --gt, --records ...
     if args.action in ("mmvet", "llavabench", "pairwise", "prepare"):
         from bpo.eval.judged import run
 

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, job=("out",))  # --out (and its shards) may not be an input
     from bpo.bootstrap.jobs import errors_path, merge_shards
 
     if args.merge_only:

@@ -93,6 +93,8 @@ class Record:
         rid = d.get("id")
         if rid is None or (isinstance(rid, str) and not rid.strip()):
             raise RecordError("missing 'id'; every record needs a unique id", where=where)
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise RecordError(f"'id' must be a string or an integer, not {type(rid).__name__}", where=where)
         rid = str(rid)
 
         def fail(msg: str):
@@ -134,12 +136,16 @@ class Record:
             src = r.get("source", "human")
             if not isinstance(src, str) or not src:
                 fail(f"rejected[{j}].source must be a non-empty string")
+            if not isinstance(r.get("meta") or {}, dict):
+                fail(f"rejected[{j}].meta must be an object ({{...}}), not {type(r['meta']).__name__}")
             rejected.append(Negative(text=r["text"], source=src, meta=dict(r.get("meta") or {})))
         images = d.get("images", [])
         if isinstance(images, str):
             images = [images]
         if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
             fail("'images' must be a list of relative paths")
+        if not isinstance(d.get("meta") or {}, dict):
+            fail(f"'meta' must be an object ({{...}}), not {type(d['meta']).__name__}")
         rec = cls(id=rid, prompt=prompt, chosen=chosen, rejected=rejected, images=images,
                   meta=dict(d.get("meta") or {}))
         n_parts = rec.n_image_parts()
