@@ -216,6 +216,34 @@ def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     yield from read_jsonl(path)
 
 
+def load_tensors(path: str | os.PathLike, what: str = "checkpoint file") -> Any:
+    """``torch.load(weights_only=True)`` whose refusal of a pickle is one line, without torch's advice.
+
+    torch's UnpicklingError text suggests ``weights_only=False``, i.e. running the file's code; bpo never
+    does that, so the message says what the file is and how to replace it instead.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    _check_readable(path, what)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise pickled_weights_error(path, what, exc) from None
+
+
+def pickled_weights_error(path: str | os.PathLike, what: str, exc: BaseException | None = None) -> BpoError:
+    import pickle
+
+    if exc is not None and not isinstance(exc, pickle.UnpicklingError):
+        return BpoError(f"{path}: unreadable {what} ({type(exc).__name__}); it is truncated or not a torch file: "
+                        "re-create it (for a checkpoint: run.resume=none)")
+    return BpoError(f"{path}: this {what} holds pickled Python objects, which bpo never loads (unpickling can run "
+                    "code); use a safetensors file (safetensors.torch.save_file) or re-create it with bpo")
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -84,12 +84,18 @@ class LocalCausalLM:
     def load(self):
         """``(model, tokenizer)``, loading them once."""
         if self.model is None:
+            import pickle
+
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-                model = AutoModelForCausalLM.from_pretrained(self.model_path)
-            except (OSError, ValueError) as exc:
+                # safetensors only: a pickled pytorch_model.bin can run code when loaded.
+                from bpo.models.loading import quiet_loading
+
+                with quiet_loading():
+                    model = AutoModelForCausalLM.from_pretrained(self.model_path, use_safetensors=True)
+            except (OSError, ValueError, pickle.UnpicklingError) as exc:
                 first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise BpoError(f"cannot load {self.what} from {self.model_path!r}: {first_line} (pass a local "
                                "directory with config.json, weights and tokenizer)") from None

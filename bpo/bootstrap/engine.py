@@ -367,7 +367,10 @@ def build_text_engine(lm_path: str, *, dtype: str = "float32", batch_size: int =
     _check_exists(lm_path)
     try:
         tok = AutoTokenizer.from_pretrained(lm_path)
-        model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
+        from bpo.models.loading import quiet_loading
+
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BpoError(f"cannot load language model {lm_path!r}: {msg}") from None

@@ -115,7 +115,10 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     model, processor = make_llava(tokenizer or build_tokenizer(["<image>"]), image_size=image_size,
                                   patch_size=patch_size, vision_hidden=vision_hidden, hidden=hidden, layers=layers,
                                   seed=seed, chat_template=chat_template)
-    model.save_pretrained(out)
+    from bpo.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
@@ -166,7 +169,10 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14,
                                                merge_size=2, temporal_patch_size=2)
     processor = _qwen2vl_image_only_processor_cls()(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
-    model.save_pretrained(out)
+    from bpo.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     _fix_processor_class(out, "Qwen2VLProcessor")
     return out
