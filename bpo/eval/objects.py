@@ -308,7 +308,8 @@ def _colour_context(raw: list[str], norm: list[str], i: int) -> bool:
         return True
     if nxt in ("and", "or") and after in COLOUR_WORDS:
         return True
-    if prev in COLOUR_WORDS or prev in COLOUR_INTENSIFIERS or prev in LINKING_VERBS:
+    if prev in COLOUR_WORDS or prev in COLOUR_INTENSIFIERS or prev in LINKING_VERBS or (
+            i >= 1 and raw[i - 1] in LINKING_VERBS):  # raw too: singularizing "turns" gives "turn"
         return True
     if prev in ("and", "or") and before in COLOUR_WORDS:
         return True

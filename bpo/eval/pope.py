@@ -8,7 +8,8 @@ decides (so "The image shows a park. There is no dog." is "no"). Per sentence:
 
 1. "yes and no" / "yes or no" -> ``unknown``;
 2. it starts with yes/yeah/yep/yup -> ``yes``; with no/nope -> ``no``  ("Yes.", "No, there isn't");
-3. it starts with a clear affirmative ("Of course.", "Absolutely.", "Certainly", "Correct") -> ``yes``,
+3. it starts with a clear affirmative ("Of course.", "Absolutely.", "Certainly", "Correct", "I think so")
+   -> ``yes``,
    or ``no`` when "not" follows ("Absolutely not."), ``unknown`` when a negation follows later;
 4. a refusal ("Sorry, I cannot answer that.", "I can't see the image", "As an AI ...") -> ``unknown``,
    never "no": it says nothing about the object;
@@ -61,7 +62,8 @@ HEDGES = (
 # Clear affirmatives that do not say "yes"; "not" right after one makes it a no ("Absolutely not.").
 _AFFIRMATIVE = re.compile(
     r"^(?:of course|absolutely|certainly|definitely|indeed|correct|affirmative|sure|surely|right|that's right|"
-    r"that is right|that's correct|that is correct|true|exactly|yes indeed|undoubtedly)\b"
+    r"that is right|that's correct|that is correct|true|exactly|yes indeed|undoubtedly|"
+    r"(?:i|we) (?:think|believe|guess|suppose) so)\b"
 )
 # Refusals and "I cannot see the image" answer nothing about the object: unknown, never "no".
 _REFUSAL = re.compile(
