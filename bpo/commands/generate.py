@@ -52,6 +52,13 @@ def main(argv: list[str]) -> int:
         raise BpoError(f"--batch-size must be >= 1, not {args.batch_size}")
     rank, world, barrier, device = dist_context()
     records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
+    if not records:  # before the model loads: nothing would be generated
+        why = f"{len(input_errors)} skipped; first: {input_errors[0]}" if input_errors else "the file is empty"
+        raise BpoError(f"{args.data}: no usable records ({why})")
+    if input_errors and rank == 0:
+        import sys
+
+        print(f"skipping {len(input_errors)} bad record(s) of {args.data} (first: {input_errors[0]})", file=sys.stderr)
     gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,
                             prompt_field=args.prompt_field, blind=args.blind)
     # The weights' content, not just their paths: a retrained adapter at the same path must not resume old answers.

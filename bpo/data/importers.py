@@ -694,8 +694,11 @@ def import_file(path: str | os.PathLike, fmt: str = "auto", *, image_out: str | 
             if on_error == "raise":
                 raise
             skipped.append(exc)
-    if fn is None and fmt == "auto":
-        fmt = "unknown (no rows)"
+    if not records:
+        # Zero records is never a result: an empty file, or every row malformed (with --on-error skip).
+        first = f"; first problem: {skipped[0]}" if skipped else ""
+        raise BpoError(f"{path}: no records imported from {rows} row(s){first}"
+                       + ("" if rows else " (the file is empty)"))
     written = opts.images.written if opts.images else 0
     return ImportResult(records=records, skipped=skipped, fmt=fmt, rows=rows, images_written=written,
                         renamed_ids=renamed)

@@ -177,7 +177,9 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise",
         raise BpoError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     skip = on_error == "skip"
     seen: set[str] = set()
+    lines = 0
     for lineno, obj in read_jsonl(path, skip_bad=skip, errors=errors):
+        lines += 1
         where = f"{path}:{lineno}"
         try:
             rec = Record.from_dict(obj, where=where)
@@ -192,6 +194,9 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise",
             continue
         rec.meta.setdefault("_where", where)
         yield rec
+    if not lines and not (errors if skip else None):
+        # An empty input is never what was meant (a failed earlier step, a wrong path): say so, do not produce 0.
+        raise BpoError(f"{path}: the file is empty (no records); check the path or the step that wrote it")
 
 
 def write_records(path: str | os.PathLike, records) -> int:

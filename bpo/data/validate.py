@@ -170,5 +170,8 @@ def validate_file(path: str | os.PathLike, image_root: str | os.PathLike | None,
         problems.extend(_check_record(obj, f"{path}:{lineno}", require_rejected=require_rejected,
                                       images=images, seen=seen, lineno=lineno))
     problems.extend(Problem.from_error(e) for e in bad_lines)
+    if not problems.n_records and not bad_lines:
+        problems.append(Problem("the file is empty: no records (a record file has one JSON object per line)",
+                                where=f"{path}:1"))
     problems.sort(key=lambda p: p.line)  # stable: per-line order of checks is kept
     return problems

@@ -79,6 +79,8 @@ def _response(value, side: str) -> str:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         if value[0].get("role", "assistant") != "assistant":
             raise ValueError(f"'{side}' message must have role 'assistant'")
+        if not isinstance(value[0].get("content"), (str, list)):
+            raise ValueError(f"'{side}' message needs a 'content' string or list of parts")
         value = message_text(value[0])
     if not isinstance(value, str):
         raise ValueError(f"'{side}' must be a string")
