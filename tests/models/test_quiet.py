@@ -12,8 +12,9 @@ from bpo.models.shared_prefix import shared_example_logps
 
 @pytest.mark.parametrize("which", ["tiny_llava", "tiny_qwen2vl"])
 def test_no_progress_bars_and_no_deprecated_cache_kwarg(which, request, image_root, capfd):
-    from bpo.data.records import Negative, Record
     from transformers.utils import logging as hf_logging
+
+    from bpo.data.records import Negative, Record
 
     was = hf_logging.is_progress_bar_enabled()
     model, proc = load(request.getfixturevalue(which))
