@@ -52,17 +52,24 @@ def _processor_class_name(path: str) -> str | None:
 
 @contextmanager
 def quiet_loading():
-    """No "Loading weights" / "Writing model shards" bars from transformers while bpo loads or saves a model.
+    """No "Loading weights" / "Writing model shards" bars (nor peft's deprecation warning) while bpo loads a model.
 
     A demo loads a tiny model dozens of times; one bar each buries the output. The previous setting is
     restored, so a user's own transformers calls keep their bars.
     """
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            # peft 0.21's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing`; the
+            # warning is theirs, not the user's, and would print on every run. Only that one is hidden.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
     finally:
         if was:
             hf_logging.enable_progress_bar()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 
 import torch
 
@@ -81,11 +80,9 @@ def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False):
         config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                             target_modules=lora_target_modules(model, lora_cfg.target_modules),
                             modules_to_save=modules_to_save, bias="none")
-        with warnings.catch_warnings():
-            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` in PeftModel.__init__; the
-            # warning is theirs, not the user's, and would print on every training run. Only that one is hidden.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
-                                    category=FutureWarning)
+        from bpo.models.loading import quiet_loading
+
+        with quiet_loading():  # hides peft's own is_gradient_checkpointing deprecation warning, nothing else
             model = get_peft_model(model, config)
     else:
         model.requires_grad_(True)
