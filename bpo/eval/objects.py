@@ -41,8 +41,8 @@ can audit them. Other ambiguities are decided in the table itself (see docs/eval
 
 Units. A single-word synonym that is also a unit of measure ("meter") is not the object when it
 measures: after a digit ("10 meters"), after a number word or quantifier followed by a dimension
-word ("two meters away", "a few meters behind"), or "a meter away/long/tall". The reference CHAIR code
-counts every "meter" as a parking meter.
+word ("two meters away", "a few meters behind"), or "a meter away/long/tall" (without this rule
+"10 meters away" was a hallucinated parking meter).
 
 Negation is not handled ("there is no dog" mentions a dog), as in the standard protocol.
 """
