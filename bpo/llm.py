@@ -88,6 +88,9 @@ class LocalCausalLM:
 
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from bpo.models.loading import refuse_pickled_weights
+
+            refuse_pickled_weights(self.model_path, self.what.removeprefix("the "))
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_path)
                 # safetensors only: a pickled pytorch_model.bin can run code when loaded.

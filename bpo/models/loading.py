@@ -75,6 +75,19 @@ def quiet_loading():
             hf_logging.enable_progress_bar()
 
 
+def refuse_pickled_weights(name_or_path: str, what: str = "model") -> None:
+    """A local model folder with only pickled weights (``*.bin``/``*.pt``) is refused in one line, before
+    transformers says "no file named model.safetensors"."""
+    path = Path(os.path.expanduser(name_or_path))
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p for ext in ("*.bin", "*.pt", "*.pth") for p in path.glob(ext))
+    if pickled:
+        from bpo.io import pickled_weights_error
+
+        raise pickled_weights_error(pickled[0], what)
+
+
 def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     """``AutoProcessor.from_pretrained`` with a clear error and an image-only fallback (see above)."""
     from transformers import AutoProcessor
@@ -129,6 +142,7 @@ def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None
     from transformers import AutoModelForImageTextToText
 
     _check_exists(name_or_path)
+    refuse_pickled_weights(name_or_path)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "use_safetensors": True,
                               "trust_remote_code": trust_remote_code}
     if revision:

@@ -99,6 +99,9 @@ def test_hf_judge_loads_safetensors_only(tmp_path):
     model = AutoModelForCausalLM.from_config(config)
     config.save_pretrained(tmp_path)
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: transformers 5 never writes one
+    with pytest.raises(BpoError, match="pytorch_model.bin: this hf judge holds pickled Python objects"):
+        LocalCausalLM(str(tmp_path), what="the hf judge").load()
+    (tmp_path / "pytorch_model.bin").rename(tmp_path / "weights.dat")  # no pickle to point at: still refused
     with pytest.raises(BpoError, match="cannot load the hf judge"):
         LocalCausalLM(str(tmp_path), what="the hf judge").load()
 
