@@ -195,9 +195,12 @@ def shared_row_logps(model, batch: PrefixBatch) -> tuple[torch.Tensor, torch.Ten
     prefix_len = to_device(batch.prefix_len, device)
     extras = {k: to_device(v, device) for k, v in batch.seg_extras.items()}
     out = model(**pre, position_ids=pre_pos, use_cache=True, logits_to_keep=1)
-    # transformers 5.x renamed past_key_values to cache (the old name warns on every forward).
-    cache_kw = _cache_kwarg(base)
-    cache = getattr(out, "cache", None) if cache_kw == "cache" else out.past_key_values
+    # transformers 5.x renamed past_key_values to cache (the old name warns on every forward); an output
+    # with a `cache` field is from a model whose forward takes `cache`.
+    cache = getattr(out, "cache", None)
+    cache_kw = "cache" if cache is not None else _cache_kwarg(base)
+    if cache is None:
+        cache = out.past_key_values
     del out
     cache.reorder_cache(rows)  # index_select: differentiable, so gradients reach the shared prefix
 
