@@ -69,6 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; completed work is saved and the job can be resumed", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _broken_pipe()
+    except (IsADirectoryError, NotADirectoryError, PermissionError, FileNotFoundError) as exc:
+        # Safety net for a reader that does not go through bpo.io yet: still one line naming the file.
+        print(f"error: {exc.filename or '?'}: {exc.strerror or exc}; pass a readable file", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"error: an input file is not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8",
+              file=sys.stderr)
+        return 2
+
+
+def _broken_pipe() -> int:
+    """``bpo data stats FILE | head``: the reader left; exit quietly as a SIGPIPE'd tool does (141)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":

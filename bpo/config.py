@@ -69,8 +69,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError(value)
             return int(value)
         if tp is float:
+            if isinstance(value, bool):  # `optim.lr=true` is a typo, not 1.0
+                raise ValueError(value)
             return float(value)
         if tp is str:
+            if isinstance(value, (list, dict)):  # a name or path, never a YAML list/mapping
+                raise ValueError(value)
             return str(value)
         if origin in (list, tuple):
             (inner,) = typing.get_args(tp)[:1] or (Any,)
@@ -172,7 +176,9 @@ def load_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise BpoError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        from bpo.io import read_text
+
+        data = yaml.safe_load(read_text(path, "config file")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

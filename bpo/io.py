@@ -60,65 +60,188 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
+def _check_readable(path: Path, what: str = "file") -> None:
+    """One-line errors for the usual reasons a file cannot be read (before it is opened)."""
+    if not path.exists():
+        raise BpoError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise BpoError(f"{path}: is a directory; pass the {what} inside it")
+    if not os.access(path, os.R_OK):
+        raise BpoError(f"{path}: permission denied; make it readable (chmod +r) or pass another path")
+
+
+def _is_gzip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x1f\x8b"
+    except OSError as exc:
+        raise BpoError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BpoError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                       "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    return text[1:] if lineno == 1 and text.startswith("\ufeff") else text  # a BOM is not content
+
+
+def iter_lines(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` of a UTF-8 text file, gzipped or not (detected by content).
+
+    Every way the file can fail to be read (missing, a directory, no permission, not UTF-8, a broken
+    gzip stream) is a one-line :class:`BpoError` naming the file, and the line where there is one.
+    """
+    import gzip
+    import zlib
+
+    path = Path(path)
+    _check_readable(path, what)
+    opener = gzip.open if _is_gzip(path) else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, _decode(raw, path, lineno)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise BpoError(f"{path}:{lineno + 1}: broken gzip data ({exc}); re-download or re-compress the file") from None
+    except OSError as exc:
+        raise BpoError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The whole text of a file with :func:`iter_lines`' error rules (``.gz`` read transparently)."""
+    return "".join(line for _, line in iter_lines(path, what))
+
+
+def _first_char(path: Path, what: str) -> str:
+    for _, line in iter_lines(path, what):
+        stripped = line.strip()
+        if stripped:
+            return stripped[0]
+    return ""
+
+
 def read_jsonl(path: str | os.PathLike, *, skip_bad: bool = False,
                errors: list | None = None) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, obj)`` for each non-empty line.
 
     A malformed line raises :class:`RecordError` naming ``file:line``; with ``skip_bad`` it is
     appended to ``errors`` instead. A truncated last line (a writer killed mid-line) is treated the
-    same way, so append-only shards stay readable after a crash.
+    same way, so append-only shards stay readable after a crash. A file that holds one JSON list
+    instead (detected by content, whatever its name) yields its elements, numbered from 1.
     """
     path = Path(path)
-    if not path.exists():
-        raise BpoError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+    if _first_char(path, "file") == "[":
+        yield from _json_list_items(path, read_json(path), skip_bad, errors)
+        return
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = ("this looks like one pretty-printed JSON document, not JSON Lines; write one object per line"
+                    if lineno == 1 and line.strip() == "{" else "fix or delete this line")
+            err = RecordError(f"malformed JSON ({exc.msg} at column {exc.colno}); {hint}", where=f"{path}:{lineno}")
+            if skip_bad:
+                if errors is not None:
+                    errors.append(err)
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                err = RecordError(f"malformed JSON ({exc.msg} at column {exc.colno}); fix or delete this line",
-                                  where=f"{path}:{lineno}")
-                if skip_bad:
-                    if errors is not None:
-                        errors.append(err)
-                    continue
-                raise err from None
-            if not isinstance(obj, dict):
-                err = RecordError("expected a JSON object per line", where=f"{path}:{lineno}")
-                if skip_bad:
-                    if errors is not None:
-                        errors.append(err)
-                    continue
+            raise err from None
+        if not isinstance(obj, dict):
+            err = RecordError("expected a JSON object per line", where=f"{path}:{lineno}")
+            if skip_bad:
+                if errors is not None:
+                    errors.append(err)
+                continue
+            raise err
+        yield lineno, obj
+
+
+def _json_list_items(path: Path, data: Any, skip_bad: bool, errors: list | None) -> Iterator[tuple[int, dict]]:
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise BpoError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, obj in enumerate(data, 1):
+        if not isinstance(obj, dict):
+            err = RecordError("expected a JSON object", where=f"{path}[{i}]")
+            if not skip_bad:
                 raise err
-            yield lineno, obj
+            if errors is not None:
+                errors.append(err)
+            continue
+        yield i, obj
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Parse a JSON file; a missing file or bad JSON is a one-line error naming the file (and line)."""
+    """Parse a JSON file; a missing file or bad JSON is a one-line error naming the file (and line).
+
+    A file that holds JSON Lines instead (what ``datasets.Dataset.to_json`` writes, even to ``x.json``)
+    is read as the list of its lines' objects.
+    """
     path = Path(path)
+    text = read_text(path, what)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BpoError(f"{path}: {what} not found") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+        if exc.msg == "Extra data":
+            try:
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError:
+                pass
+        raise BpoError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file "
+                       "(one JSON document, or JSON Lines: one object per line)") from None
 
 
 def read_json_or_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Read a ``.json`` list (line numbers become 1-based list indices) or a JSONL file."""
+    """Read a JSON list (line numbers become 1-based list indices) or a JSONL file, told apart by content."""
     path = Path(path)
-    if path.suffix == ".json":
-        data = read_json(path)
-        if isinstance(data, dict):
-            data = [data]
-        for i, obj in enumerate(data, 1):
-            if not isinstance(obj, dict):
-                raise RecordError("expected a JSON object", where=f"{path}[{i}]")
-            yield i, obj
-    else:
-        yield from read_jsonl(path)
+    first = _first_char(path, "file")
+    if first == "[":
+        yield from _json_list_items(path, read_json(path), False, None)
+        return
+    if first == "{":
+        # One object per line, or one pretty-printed object: the first line decides.
+        for _, line in iter_lines(path):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError:
+                    yield from _json_list_items(path, read_json(path), False, None)
+                    return
+                break
+    yield from read_jsonl(path)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "checkpoint file") -> Any:
+    """``torch.load(weights_only=True)`` whose refusal of a pickle is one line, without torch's advice.
+
+    torch's UnpicklingError text suggests ``weights_only=False``, i.e. running the file's code; bpo never
+    does that, so the message says what the file is and how to replace it instead.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    _check_readable(path, what)
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:
+        raise pickled_weights_error(path, what, exc) from None
+
+
+def pickled_weights_error(path: str | os.PathLike, what: str, exc: BaseException | None = None) -> BpoError:
+    import pickle
+
+    if exc is not None and not isinstance(exc, pickle.UnpicklingError):
+        return BpoError(f"{path}: unreadable {what} ({type(exc).__name__}); it is truncated or not a torch file: "
+                        "re-create it (for a checkpoint: run.resume=none)")
+    return BpoError(f"{path}: this {what} holds pickled Python objects, which bpo never loads (unpickling can run "
+                    "code); use a safetensors file (safetensors.torch.save_file) or re-create it with bpo")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -84,12 +84,21 @@ class LocalCausalLM:
     def load(self):
         """``(model, tokenizer)``, loading them once."""
         if self.model is None:
+            import pickle
+
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from bpo.models.loading import refuse_pickled_weights
+
+            refuse_pickled_weights(self.model_path, self.what.removeprefix("the "))
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-                model = AutoModelForCausalLM.from_pretrained(self.model_path)
-            except (OSError, ValueError) as exc:
+                # safetensors only: a pickled pytorch_model.bin can run code when loaded.
+                from bpo.models.loading import quiet_loading
+
+                with quiet_loading():
+                    model = AutoModelForCausalLM.from_pretrained(self.model_path, use_safetensors=True)
+            except (OSError, ValueError, pickle.UnpicklingError) as exc:
                 from bpo.models.loading import first_line as _first
 
                 first_line = _first(exc)

@@ -85,7 +85,45 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise BpoError(f"{path}: step names must be unique")
+    check_recipe_outputs(str(path), steps)
     return Recipe(path=str(path), vars=variables, steps=steps, description=str(data.get("description", "")))
+
+
+_OUT_FLAGS = ("--out", "--details", "--report")
+
+
+def _step_paths(step: Step) -> tuple[list[str], list[str]]:
+    """(outputs, other path-like arguments) of one step: declared outputs plus its --out/--details/--report."""
+    tokens = shlex.split(step.run)
+    outs, others = list(step.outputs), []
+    for i, tok in enumerate(tokens[1:], 1):
+        flag, eq, val = tok.partition("=")
+        if eq and flag in _OUT_FLAGS:
+            outs.append(val)
+        elif tokens[i - 1] in _OUT_FLAGS:
+            outs.append(tok)
+        else:  # a positional, an option's value, --flag=value or a train override key=value
+            others.append(val if eq else tok)
+    return outs, others
+
+
+def check_recipe_outputs(path: str, steps: list[Step]) -> None:
+    """Before anything runs: no step may write over a recipe input (a file a step reads that no earlier step makes)."""
+    from bpo.safeguard import same_file
+
+    made: list[str] = []  # outputs of the steps so far
+    read: list[tuple[str, str]] = []  # (step name, path) of recipe inputs read so far
+    for step in steps:
+        outs, others = _step_paths(step)
+        for p in others:
+            if Path(p).is_file() and not any(same_file(p, m) for m in made):
+                read.append((step.name, p))
+        for o in outs:
+            for name, p in read:
+                if same_file(o, p):
+                    raise BpoError(f"{path}: step {step.name!r} writes {o}, which is the recipe input {p} read by "
+                                   f"step {name!r}; bpo never overwrites its input: give the step another output path")
+        made.extend(outs)
 
 
 def _stamp(state_dir: Path, step: Step) -> Path:

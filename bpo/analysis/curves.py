@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpo.errors import BpoError
+from bpo.io import read_text as _read_text  # one-line errors naming the file
 
 # Bookkeeping columns of metrics.jsonl that are not curves.
 NOT_CURVES = frozenset({"step", "epoch", "samples_per_s", "pairs_per_s", "s_per_step"})
@@ -116,7 +117,7 @@ def _loss_type(run_dir: Path) -> str | None:
     import yaml
 
     try:
-        data = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(_read_text(cfg)) or {}
     except yaml.YAMLError:
         return None
     loss = data.get("loss") if isinstance(data, dict) else None

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpo.errors import BpoError
+from bpo.io import read_text as _read_text  # one-line errors naming the file
 
 CONDITIONS = ("text", "multimodal", "blind")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -86,7 +87,7 @@ def benign_pool(spec: str | os.PathLike, image_root=None) -> BenignPool:
         if image_root is None:
             raise BpoError(f"{spec}: a list of benign images holds paths relative to --image-root; pass it "
                            "(or pass a folder of images instead)")
-        lines = spec.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(spec).splitlines()
         images = [s.strip() for s in lines if s.strip() and not s.strip().startswith("#")]
         root = Path(image_root)
     else:

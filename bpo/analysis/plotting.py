@@ -69,8 +69,11 @@ def _cell(value):
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
-    with open(path, encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
+    import io
+
+    from bpo.io import read_text  # missing, directory, non-UTF-8: one line naming the file
+
+    return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence]) -> str:

@@ -30,6 +30,7 @@ the run recorded the data file's sha256, a different file is an error (the count
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import re
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpo.errors import BpoError
+from bpo.io import read_text as _read_text  # one-line errors naming the file
 
 X_KINDS = ("pairs", "records")
 CSV_COLUMNS = ("method", "label", "x", "metric", "value", "run_dir", "report", "records", "pairs",
@@ -64,7 +66,7 @@ def _load_config(run_dir: Path) -> dict:
         raise BpoError(f"{run_dir}: no config.yaml; pass the output_dir of a `bpo train` run, or give the count "
                        "in the manifest's `pairs` column")
     try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        cfg = yaml.safe_load(_read_text(path)) or {}
     except yaml.YAMLError as exc:
         raise BpoError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("data"), dict):
@@ -105,7 +107,7 @@ def dropped_ids(run_dir: Path) -> set[str]:
     if not path.is_file():
         return set()
     ids = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in _read_text(path).splitlines():
         m = _RECORD_RE.search(line)
         if m:
             ids.add(str(ast.literal_eval(m.group(1))))
@@ -117,8 +119,8 @@ def _checkpoint_sha(run_dir: Path) -> str | None:
 
     for state in sorted(run_dir.glob("checkpoint-*/state.json")):
         try:
-            sha = json.loads(state.read_text(encoding="utf-8")).get("fingerprint", {}).get("data_sha256")
-        except (OSError, ValueError, AttributeError):
+            sha = json.loads(_read_text(state)).get("fingerprint", {}).get("data_sha256")
+        except (OSError, ValueError, AttributeError, BpoError):  # an unreadable checkpoint: try the next
             continue
         if sha:
             return sha
@@ -234,11 +236,10 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
         raise BpoError(f"{path}: manifest not found")
     base = path.parent
     if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = list(csv.DictReader(io.StringIO(_read_text(path), newline="")))
         return [_entry(r, base, f"{path}:{i}") for i, r in enumerate(rows, 2)]
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as exc:
         raise BpoError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if isinstance(data, dict):

@@ -420,7 +420,11 @@ def build_text_engine(lm_path: str, *, dtype: str = "float32", batch_size: int =
     _check_exists(lm_path)
     try:
         tok = AutoTokenizer.from_pretrained(lm_path)
-        model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
+        from bpo.models.loading import quiet_loading, refuse_pickled_weights
+
+        refuse_pickled_weights(lm_path, "language model")
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:
         msg = first_line(exc)
         raise BpoError(f"cannot load language model {lm_path!r}: {msg}") from None

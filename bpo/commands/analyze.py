@@ -241,4 +241,7 @@ def _scaling(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, outputs=(), output_dirs=("out",))  # an output folder may not be an input file
     return {"curves": _curves, "noise": _noise, "modality": _modality, "scaling": _scaling}[args.action](args)

@@ -18,6 +18,7 @@ and rank 0 merges. A killed job is resumed by running the same command again.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bpo.errors import BpoError
 
@@ -127,6 +128,11 @@ def run_generator(args, build, desc: str) -> int:
 
     rank, world, barrier, device = dist_context()
     records, input_errors = load_input(args.data, on_error=args.on_error, limit=args.limit)
+    if not records and input_errors:
+        # Nothing to do: say why before loading any model, and exit non-zero (not "wrote 0 records").
+        raise BpoError(f"{args.data}: no usable records ({len(input_errors)} skipped; first: {input_errors[0]})")
+    if input_errors and rank == 0:  # said now, not only after the model has loaded and the job has run
+        print(f"skipping {len(input_errors)} bad record(s) of {args.data} (first: {input_errors[0]})", file=sys.stderr)
     generator = build(device)
     # The weights' content, not just their paths: other weights at the same path must not resume old negatives.
     backend = getattr(args, "backend", "self")  # only inject has backends; openai / rules have no local weights
@@ -201,6 +207,9 @@ def _merge(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, job=("out",))  # before anything is opened for writing: --out may not be an input
     if args.generator == "merge":
         return _merge(args)
     if args.batch_size < 1:

@@ -1,7 +1,7 @@
 """``bpo data``: validate, import and summarise preference record files.
 
     bpo data validate FILE [--image-root DIR] [--require-rejected] [--no-image-check]
-    bpo data import FILE --out OUT.jsonl [--format auto|trl|bootstrapped_po|mmsafe_po|llava_sft|bpo]
+    bpo data import FILE --out OUT.jsonl [--format auto|trl|bootstrapped_po|mmsafe_po|llava_sft|povid|rlaif_v|bpo]
                     [--image-out DIR] [--image-prefix P] [--on-error raise|skip] [--split-turns]
     bpo data stats FILE [--json]
 """
@@ -14,7 +14,7 @@ from collections import Counter
 
 from bpo.errors import BpoError
 
-FORMATS = ("auto", "trl", "bootstrapped_po", "mmsafe_po", "llava_sft", "bpo")
+FORMATS = ("auto", "trl", "bootstrapped_po", "mmsafe_po", "llava_sft", "povid", "rlaif_v", "bpo")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +74,8 @@ def _import(args) -> int:
                       on_error=args.on_error, split_turns=args.split_turns)
     n = write_records(args.out, res.records)
     print(f"imported {n} record(s) from {res.rows} row(s) of {args.file} (format {res.fmt}) -> {args.out}")
+    if res.renamed_ids:
+        print(f"renamed {res.renamed_ids} repeated id(s) to <id>-dup<k> (original in meta.original_id)")
     if args.image_out:
         print(f"images written to {args.image_out}: {res.images_written} (use it as --image-root)")
     if res.skipped:
@@ -105,4 +107,7 @@ def _stats(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, output_dirs=("image_out",))  # --out may not be the imported file
     return {"validate": _validate, "import": _import, "stats": _stats}[args.action](args)

@@ -267,6 +267,9 @@ def _compare(args) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args)  # --out/--details may not be --responses, --gt, --records ...
     if args.action in ("amber", "vlguard"):
         import importlib
 

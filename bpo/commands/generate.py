@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from bpo.safeguard import check_args
+
+    check_args(args, job=("out",))  # --out (and its shards) may not be an input
     from bpo.bootstrap.jobs import errors_path, merge_shards
     from bpo.eval.protocols import apply_preset, check_records
 
@@ -61,6 +64,13 @@ def main(argv: list[str]) -> int:
         raise BpoError(f"--batch-size must be >= 1, not {args.batch_size}")
     rank, world, barrier, device = dist_context()
     records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
+    if not records:  # before the model loads: nothing would be generated
+        why = f"{len(input_errors)} skipped; first: {input_errors[0]}" if input_errors else "the file is empty"
+        raise BpoError(f"{args.data}: no usable records ({why})")
+    if input_errors and rank == 0:
+        import sys
+
+        print(f"skipping {len(input_errors)} bad record(s) of {args.data} (first: {input_errors[0]})", file=sys.stderr)
     if preset is not None:
         check_records(preset, records)
     gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,

@@ -110,4 +110,7 @@ def _export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from bpo.safeguard import check_args
+
+    check_args(args)  # --out/--report may not be --pairs, --index or --records
     return {"build": _build, "sample": _sample, "export": _export}[args.action](args)

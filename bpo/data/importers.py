@@ -14,11 +14,14 @@ Formats (see docs/data.md for before/after examples):
 - ``bootstrapped_po``: ``{prompt, image, completions: [{score, response, type}]}`` (Pi et al.).
 - ``mmsafe_po``: MMSafe-PO rows with a flat ``USER: ... ASSISTANT:`` conversation (Li et al.).
 - ``llava_sft``: LLaVA ``{image, conversations: [{from, value}]}`` -> chosen-only records.
+- ``povid``: POVID ``{image, conversations, rejected_conversations}`` -> one pair per row.
+- ``rlaif_v``: openbmb/RLAIF-V-Dataset ``{question, chosen, rejected, image, idx, ...}``.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import os
 import re
@@ -28,7 +31,7 @@ from typing import Any
 
 from bpo.data.records import Record, message_text
 from bpo.errors import BpoError, RecordError
-from bpo.io import atomic_write, read_json_or_jsonl, read_jsonl
+from bpo.io import _check_readable, atomic_write, read_json_or_jsonl, read_jsonl
 from bpo.registry import Registry
 
 IMPORTERS = Registry("import format")
@@ -330,23 +333,41 @@ def import_bootstrapped_po(row: dict, where: str, *, opts: ImportOptions | None 
                               "type 'gt')", where=where, record_id=rid)
         best = gts
     chosen = best[0]
-    negatives = []
-    for c in comps:
-        if c["score"] == top:
-            continue
-        ctype = c.get("type") if isinstance(c.get("type"), str) and c.get("type") else "unknown"
-        negatives.append({"text": c["response"], "source": BOOTSTRAPPED_SOURCES.get(ctype, ctype),
-                          "meta": {"type": ctype, "score": c["score"]}})
+    negatives = _lower_negatives(comps, top)
     prompt = row.get("prompt")
     if not isinstance(prompt, str):
         raise RecordError("'prompt' must be a string", where=where, record_id=rid)
     text = strip_markers(prompt)
     images = _image_list(row.get("image"), where, rid, opts) if row.get("image") is not None else []
     content: Any = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}] if images else text
-    meta = {"chosen_type": chosen.get("type", "gt")} | _extra_meta(
-        row, {"id", "prompt", "image", "completions"})
-    return finish({"id": rid, "images": images, "prompt": [{"role": "user", "content": content}],
-                   "chosen": chosen["response"], "rejected": negatives, "meta": meta}, where)
+    extra = _extra_meta(row, {"id", "prompt", "image", "completions"})
+    prompt_msgs = [{"role": "user", "content": content}]
+    first = finish({"id": rid, "images": images, "prompt": prompt_msgs, "chosen": chosen["response"],
+                    "rejected": negatives, "meta": {"chosen_type": chosen.get("type", "gt")} | extra}, where)
+    # Upstream pairs every two completions with different scores: a middle-score completion is also the
+    # preferred side against each lower one. Each such completion becomes one more record (id <id>-c<j>).
+    more = []
+    for j, c in enumerate(comps):
+        lower = _lower_negatives(comps, c["score"])
+        if c["score"] == top or not lower:
+            continue
+        more.append(finish({"id": f"{rid}-c{j}", "images": list(images), "prompt": copy.deepcopy(prompt_msgs),
+                            "chosen": c["response"], "rejected": lower,
+                            "meta": {"chosen_type": c.get("type") or "unknown", "chosen_score": c["score"],
+                                     "pairs_of": rid} | extra}, where))
+    return [first, *more] if more else first
+
+
+def _lower_negatives(comps: list[dict], score: float) -> list[dict]:
+    """Every completion scored below ``score`` as a negative (source from its Bootstrapped-PO type)."""
+    out = []
+    for c in comps:
+        if c["score"] >= score:
+            continue
+        ctype = c.get("type") if isinstance(c.get("type"), str) and c.get("type") else "unknown"
+        out.append({"text": c["response"], "source": BOOTSTRAPPED_SOURCES.get(ctype, ctype),
+                    "meta": {"type": ctype, "score": c["score"]}})
+    return out
 
 
 # ---- mmsafe_po ----------------------------------------------------------------------------------
@@ -513,9 +534,15 @@ def detect_format(row: dict) -> str:
     keys = set(row)
     if "completions" in keys:
         return "bootstrapped_po"
+    if "conversations" in keys and "rejected_conversations" in keys:
+        return "povid"
     if "conversations" in keys:
         return "llava_sft"
-    if keys & {"question", "entity", "entity_type", "text_prompt", "mid_prompt", "replacement"}:
+    mmsafe_only = {"entity", "entity_type", "text_prompt", "mid_prompt", "replacement"}
+    if {"question", "chosen", "rejected"} <= keys and not keys & mmsafe_only and not str(
+            row.get("chosen", "")).lstrip().startswith("ASSISTANT:"):
+        return "rlaif_v"  # RLAIF-V: a plain question, no flat USER:/ASSISTANT: conversation
+    if keys & ({"question"} | mmsafe_only):
         return "mmsafe_po"
     if {"chosen", "rejected"} <= keys or {"prompt", "chosen"} <= keys:
         if isinstance(row.get("prompt"), list) and isinstance(row.get("chosen"), str):
@@ -530,8 +557,7 @@ def detect_format(row: dict) -> str:
 def iter_rows(path: str | os.PathLike, *, skip_bad: bool = False, errors: list | None = None):
     """Yield ``(where, row)`` from ``.jsonl``, ``.json`` (a list) or ``.parquet``."""
     path = Path(path)
-    if not path.exists():
-        raise BpoError(f"{path}: file not found")
+    _check_readable(path)
     if path.suffix == ".parquet":
         yield from _iter_parquet(path)
     elif path.suffix == ".json":
@@ -567,6 +593,7 @@ class ImportResult:
     fmt: str
     rows: int = 0
     images_written: int = 0
+    renamed_ids: int = 0  # repeated ids made unique (llava_sft / povid)
 
 
 def import_file(path: str | os.PathLike, fmt: str = "auto", *, image_out: str | os.PathLike | None = None,
@@ -585,7 +612,7 @@ def import_file(path: str | os.PathLike, fmt: str = "auto", *, image_out: str | 
     skipped: list[RecordError] = []
     records: list[Record] = []
     seen: dict[str, str] = {}
-    rows = 0
+    rows = renamed = 0
     fn = None
     for where, row in tqdm(iter_rows(path, skip_bad=on_error == "skip", errors=skipped),
                            desc=f"import {Path(path).name}", unit="row", disable=not progress or None):
@@ -598,6 +625,8 @@ def import_file(path: str | os.PathLike, fmt: str = "auto", *, image_out: str | 
         try:
             out = fn(row, where, opts=opts)
             batch = out if isinstance(out, list) else [out]
+            if fmt in _IMAGE_IDS:
+                renamed += _disambiguate(batch, seen)
             for rec in batch:
                 if rec.id in seen:
                     raise RecordError(f"duplicate id (first at {seen[rec.id]}); ids must be unique — add or "
@@ -609,8 +638,36 @@ def import_file(path: str | os.PathLike, fmt: str = "auto", *, image_out: str | 
             if on_error == "raise":
                 raise
             skipped.append(exc)
-    if fn is None and fmt == "auto":
-        fmt = "unknown (no rows)"
+    if not records:
+        # Zero records is never a result: an empty file, or every row malformed (with --on-error skip).
+        first = f"; first problem: {skipped[0]}" if skipped else ""
+        raise BpoError(f"{path}: no records imported from {rows} row(s){first}"
+                       + ("" if rows else " (the file is empty)"))
     written = opts.images.written if opts.images else 0
-    return ImportResult(records=records, skipped=skipped, fmt=fmt, rows=rows, images_written=written)
+    return ImportResult(records=records, skipped=skipped, fmt=fmt, rows=rows, images_written=written,
+                        renamed_ids=renamed)
 
+
+# Formats whose ids name the image, not the conversation: LLaVA's llava_v1_5_mix665k.json gives COCO rows the
+# image's file stem as id, and one COCO image serves several of its source sets (LLaVA-Instruct, VQAv2,
+# OK-VQA, A-OKVQA, RefCOCO: 364k COCO rows over ~118k train2017 images), so ids repeat by design.
+_IMAGE_IDS = ("llava_sft", "povid")
+
+
+def _disambiguate(batch: list[Record], seen: dict[str, str]) -> int:
+    """Rename a repeated id to ``<id>-dup<k>`` (k = 2, 3, ... in file order: deterministic); returns how many."""
+    n = 0
+    for rec in batch:
+        if rec.id not in seen:
+            continue
+        k = 2
+        while f"{rec.id}-dup{k}" in seen:
+            k += 1
+        rec.meta["original_id"] = rec.id
+        rec.id = f"{rec.id}-dup{k}"
+        n += 1
+    return n
+
+
+# POVID and RLAIF-V rows live in their own module; importing it registers them (it needs the helpers above).
+from bpo.data import importers_pairs  # noqa: E402,F401

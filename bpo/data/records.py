@@ -93,6 +93,8 @@ class Record:
         rid = d.get("id")
         if rid is None or (isinstance(rid, str) and not rid.strip()):
             raise RecordError("missing 'id'; every record needs a unique id", where=where)
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise RecordError(f"'id' must be a string or an integer, not {type(rid).__name__}", where=where)
         rid = str(rid)
 
         def fail(msg: str):
@@ -134,12 +136,16 @@ class Record:
             src = r.get("source", "human")
             if not isinstance(src, str) or not src:
                 fail(f"rejected[{j}].source must be a non-empty string")
+            if not isinstance(r.get("meta") or {}, dict):
+                fail(f"rejected[{j}].meta must be an object ({{...}}), not {type(r['meta']).__name__}")
             rejected.append(Negative(text=r["text"], source=src, meta=dict(r.get("meta") or {})))
         images = d.get("images", [])
         if isinstance(images, str):
             images = [images]
         if not isinstance(images, list) or not all(isinstance(x, str) and x for x in images):
             fail("'images' must be a list of relative paths")
+        if not isinstance(d.get("meta") or {}, dict):
+            fail(f"'meta' must be an object ({{...}}), not {type(d['meta']).__name__}")
         rec = cls(id=rid, prompt=prompt, chosen=chosen, rejected=rejected, images=images,
                   meta=dict(d.get("meta") or {}))
         n_parts = rec.n_image_parts()
@@ -171,7 +177,9 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise",
         raise BpoError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     skip = on_error == "skip"
     seen: set[str] = set()
+    lines = 0
     for lineno, obj in read_jsonl(path, skip_bad=skip, errors=errors):
+        lines += 1
         where = f"{path}:{lineno}"
         try:
             rec = Record.from_dict(obj, where=where)
@@ -186,6 +194,9 @@ def read_records(path: str | os.PathLike, *, on_error: str = "raise",
             continue
         rec.meta.setdefault("_where", where)
         yield rec
+    if not lines and not (errors if skip else None):
+        # An empty input is never what was meant (a failed earlier step, a wrong path): say so, do not produce 0.
+        raise BpoError(f"{path}: the file is empty (no records); check the path or the step that wrote it")
 
 
 def write_records(path: str | os.PathLike, records) -> int:

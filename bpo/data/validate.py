@@ -143,6 +143,16 @@ def _check_record(obj: dict, where: str, *, require_rejected: bool, images: _Ima
     return out
 
 
+def identical_pairs(records) -> list[str]:
+    """``where: record 'id': rejected[j]`` for each rejected answer equal to its chosen one (same test as validate)."""
+    out = []
+    for rec in records:
+        chosen = _norm(rec.chosen)
+        out += [f"{rec.meta.get('_where', '?')}: record {rec.id!r}: rejected[{j}] ({neg.source})"
+                for j, neg in enumerate(rec.rejected) if _norm(neg.text) == chosen]
+    return out
+
+
 def validate_file(path: str | os.PathLike, image_root: str | os.PathLike | None, *, require_rejected: bool,
                   check_images: bool = True) -> Problems:
     """Every problem in a record JSONL file, in line order.
@@ -160,5 +170,8 @@ def validate_file(path: str | os.PathLike, image_root: str | os.PathLike | None,
         problems.extend(_check_record(obj, f"{path}:{lineno}", require_rejected=require_rejected,
                                       images=images, seen=seen, lineno=lineno))
     problems.extend(Problem.from_error(e) for e in bad_lines)
+    if not problems.n_records and not bad_lines:
+        problems.append(Problem("the file is empty: no records (a record file has one JSON object per line)",
+                                where=f"{path}:1"))
     problems.sort(key=lambda p: p.line)  # stable: per-line order of checks is kept
     return problems

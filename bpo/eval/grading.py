@@ -68,7 +68,9 @@ def load_grade_template(name_or_path: str, fields: Iterable[str]) -> GradeTempla
         shipped = sorted(p.stem for p in package_file(*TEMPLATE_DIR).glob("*.txt"))
         raise BpoError(f"judge template {name_or_path!r} not found (shipped: {', '.join(shipped)}; "
                        "or pass the path of a text file)")
-    text = path.read_text(encoding="utf-8")
+    from bpo.io import read_text
+
+    text = read_text(path, "judge template")
     found = set(string.Template(text).get_identifiers())
     if found != want:
         raise BpoError(f"{path}: this template needs exactly the placeholders "

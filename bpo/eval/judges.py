@@ -151,7 +151,9 @@ def load_template(name_or_path: str = DEFAULT_TEMPLATE) -> JudgeTemplate:
         shipped = sorted(p.stem for p in package_file("eval", "templates").glob("*.txt"))
         raise BpoError(f"judge template {name_or_path!r} not found (shipped: {', '.join(shipped)}; "
                        "or pass the path of a text file)")
-    text = path.read_text(encoding="utf-8")
+    from bpo.io import read_text
+
+    text = read_text(path, "judge template")
     ids = set(string.Template(text).get_identifiers())
     if ids != {"question", "response"}:
         raise BpoError(f"{path}: a judge template needs exactly the placeholders $question and $response "

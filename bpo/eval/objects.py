@@ -6,8 +6,9 @@ JSON file ``{canonical: [synonym, ...]}`` (the toy world's "red circle" objects,
 benchmark), with optional reserved keys:
 
 * ``"_ignore": [phrase, ...]``: phrases that are consumed and mean *no* object ("train tracks" is
-  not a train, "bus stop" is not a bus). They match as written (lower-cased, not singularized), so
-  list the plural when it should be ignored too: "the bus stops here" must still be a bus.
+  not a train, "bus stop" is not a bus). Their plurals are ignored too ("two bus stops"), except
+  where the plural reads as noun + verb: after a singular determiner ("a bus stops") or after "the"
+  when a preposition/adverb follows ("the bus stops at the corner", "the bus stops here").
 * ``"_modifiers": [word, ...]``: single words that are *not* the object when directly followed by
   another content word ("remote area", "baseball cap", "ski lift"). A plural ("remotes") is always
   the object. The rule cannot tell verbs from nouns ("a baseball flies" is missed), so keep the
@@ -37,6 +38,11 @@ table", "oranges and apples") is the fruit. Skipped colour uses are listed per r
 can audit them. Other ambiguities are decided in the table itself (see docs/eval.md): "bat" and
 "mouse" count as the COCO objects whatever the animal sense, and "glove", "glass", "seat",
 "plant", "pitcher", "chicken", "turkey" and "notebook" are left out as too ambiguous.
+
+Units. A single-word synonym that is also a unit of measure ("meter") is not the object when it
+measures: after a digit ("10 meters"), after a number word or quantifier followed by a dimension
+word ("two meters away", "a few meters behind"), or "a meter away/long/tall" (without this rule
+"10 meters away" was a hallucinated parking meter).
 
 Negation is not handled ("there is no dog" mentions a dog), as in the standard protocol.
 """
@@ -117,6 +123,8 @@ class Vocabulary:
             for phrase in [canon, *syns]:
                 self._add(phrase, canon)
         self._ignore = {tuple(tokenize(p)) for p in self.ignore} - {()}
+        # The same phrases singularized: "bus stops", "train stations" are the listed phrases in the plural.
+        self._ignore_norm = {tuple(normalize(p)) for p in self.ignore} - {()}
         self._modifiers = {singularize(w) for m in self.modifiers for w in tokenize(m)}
         self._max_len = max((len(k) for k in [*self._phrases, *self._ignore]), default=1)
 
@@ -197,7 +205,8 @@ class Vocabulary:
         while i < len(norm):
             matched = 0
             for length in range(min(self._max_len, len(norm) - i), 0, -1):
-                if tuple(raw[i:i + length]) in self._ignore:
+                if tuple(raw[i:i + length]) in self._ignore or (
+                        tuple(norm[i:i + length]) in self._ignore_norm and not _verb_reading(raw, i, length)):
                     matched = length
                     break
                 key = tuple(norm[i:i + length])
@@ -221,6 +230,8 @@ class Vocabulary:
     # ---- disambiguation ---------------------------------------------------------------------------
     def _is_object_use(self, raw: list[str], norm: list[str], i: int) -> bool:
         word = norm[i]
+        if word in UNIT_WORDS and _unit_context(raw, norm, i):
+            return False  # "two meters away": a length, not a parking meter
         if is_plural(raw[i]):
             return True  # "oranges", "remotes": a plural is a thing, not a colour or a modifier
         if self.colour_rule and word in COLOUR_WORDS:
@@ -228,6 +239,54 @@ class Vocabulary:
         if word in self._modifiers:
             return not _followed_by_content_word(norm, i)
         return True
+
+
+# Words that are also units of measure; after a number or before a dimension word they measure something.
+UNIT_WORDS = frozenset({
+    "meter", "metre", "kilometer", "kilometre", "centimeter", "centimetre", "millimeter", "millimetre", "yard",
+    "foot", "inch", "mile", "pound", "ounce", "gram", "kilogram", "liter", "litre", "gallon", "degree",
+})
+NUMBER_WORDS = frozenset({
+    "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "fifteen",
+    "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "few", "several", "couple", "dozen", "half",
+    "many", "some", "hundreds", "thousands", "dozens",
+})
+APPROXIMATORS = frozenset({"about", "around", "approximately", "roughly", "nearly", "almost", "over", "under",
+                           "some", "just", "only", "least", "most", "within", "than"})
+DIMENSION_WORDS = frozenset({
+    "away", "long", "tall", "high", "wide", "deep", "apart", "thick", "across", "above", "below", "ahead",
+    "behind", "from", "in", "off", "per", "square", "squared", "of",
+})
+# After "<the|a> bus stops": the verb ("the bus stops at the corner"), not the plural noun ("two bus stops").
+_VERB_AFTER = FUNCTION_WORDS - {"and", "or", "is", "are", "was", "were", "has", "have", "had", "which", "that",
+                                "who", "with", "of"} | {"here", "there", "now", "briefly", "suddenly", "abruptly",
+                                                        "moving", "running", "working", ".", ",", "!"}
+
+
+def _verb_reading(raw: list[str], i: int, length: int) -> bool:
+    """True when an ignore phrase's plural reads as <noun> + verb: "a bus stops", "the train stations here"."""
+    last = raw[i + length - 1]
+    if not is_plural(last):
+        return False
+    prev = raw[i - 1] if i >= 1 else ""
+    nxt = raw[i + length] if i + length < len(raw) else "."
+    if prev in ("a", "an", "this", "that", "each", "every", "one"):
+        return True  # a singular determiner cannot take a plural noun
+    if prev[:1].isdigit() or prev in NUMBER_WORDS or prev in ("these", "those", "both", "all", "multiple", "no"):
+        return False  # a count or plural determiner: "two bus stops", "several train stations"
+    return nxt in _VERB_AFTER  # "the red bus stops at the lights", "the bus stops here"
+
+
+def _unit_context(raw: list[str], norm: list[str], i: int) -> bool:
+    """True when a unit word at ``i`` measures: after a number (word), or before a dimension word."""
+    prev = raw[i - 1] if i >= 1 else ""
+    before = raw[i - 2] if i >= 2 else ""
+    nxt = norm[i + 1] if i + 1 < len(norm) else ""
+    numeric = prev[:1].isdigit() or prev in NUMBER_WORDS or (prev == "a" and before in APPROXIMATORS)
+    if numeric and (prev[:1].isdigit() or nxt in DIMENSION_WORDS or before in APPROXIMATORS
+                    or prev in ("few", "several", "couple", "hundreds", "thousands", "dozens")):
+        return True
+    return prev in ("a", "one") and nxt in DIMENSION_WORDS - {"in", "of", "from"}
 
 
 def _followed_by_content_word(norm: list[str], i: int) -> bool:
@@ -249,7 +308,8 @@ def _colour_context(raw: list[str], norm: list[str], i: int) -> bool:
         return True
     if nxt in ("and", "or") and after in COLOUR_WORDS:
         return True
-    if prev in COLOUR_WORDS or prev in COLOUR_INTENSIFIERS or prev in LINKING_VERBS:
+    if prev in COLOUR_WORDS or prev in COLOUR_INTENSIFIERS or prev in LINKING_VERBS or (
+            i >= 1 and raw[i - 1] in LINKING_VERBS):  # raw too: singularizing "turns" gives "turn"
         return True
     if prev in ("and", "or") and before in COLOUR_WORDS:
         return True

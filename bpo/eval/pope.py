@@ -3,18 +3,24 @@
 POPE asks balanced yes/no questions "Is there a <object> in the image?" with negatives sampled at
 random, by popularity or adversarially (co-occurrence); ``meta.split`` names the split.
 
-Answer parsing (:func:`parse_yes_no`) looks at the first sentence only:
+Answer parsing (:func:`parse_yes_no`) reads the sentences in order; the first one that answers
+decides (so "The image shows a park. There is no dog." is "no"). Per sentence:
 
 1. "yes and no" / "yes or no" -> ``unknown``;
 2. it starts with yes/yeah/yep/yup -> ``yes``; with no/nope -> ``no``  ("Yes.", "No, there isn't");
-   otherwise, if it contains both a yes-word and a negation ("the answer is yes, not no") -> ``unknown``;
-3. it hedges ("not sure", "cannot determine", "unclear", "hard to say") -> ``unknown``;
-4. it contains a negation (no, not, none, nothing, neither, nor, cannot, any n't) -> ``no``
+3. it starts with a clear affirmative ("Of course.", "Absolutely.", "Certainly", "Correct", "I think so")
+   -> ``yes``,
+   or ``no`` when "not" follows ("Absolutely not."), ``unknown`` when a negation follows later;
+4. a refusal ("Sorry, I cannot answer that.", "I can't see the image", "As an AI ...") -> ``unknown``,
+   never "no": it says nothing about the object;
+5. it contains both a yes-word and a negation ("the answer is yes, not no") -> ``unknown``;
+6. it hedges ("not sure", "It is not clear.", "cannot determine", "might be", "hard to say") -> ``unknown``;
+7. it contains a negation (no, not, none, nothing, neither, nor, cannot, any n't) -> ``no``
    ("There is no dog", "I don't see a dog");
-5. it contains "yes" or an existence statement ("there is/are", "I (can) see", "can be seen",
+8. it contains "yes" or an existence statement ("there is/are", "I (can) see", "can be seen",
    "is visible/present", "does contain") -> ``yes`` ("There is a dog on the bench");
-6. anything else (including "The image shows a cat.", which does not answer the question) ->
-   ``unknown``.
+9. anything else ("The image shows a cat.") does not answer: the next sentence decides; an answer
+   with no deciding sentence is ``unknown``. A hedge or refusal (4-6) ends the reading as ``unknown``.
 
 Metrics (positive class = "yes"), over all N items of a split:
 
@@ -23,7 +29,12 @@ Metrics (positive class = "yes"), over all N items of a split:
   to a yes-question is a miss), ``f1`` their harmonic mean
 * ``yes_ratio = #predicted yes / N`` (from the *predictions*).
 
-Departures from known implementations: lmms-eval's ``pope_yes_ratio`` counts yes *labels*, which is
+Departures from the official POPE script (``evaluate.py``, also LLaVA's ``eval_pope.py``), which keeps
+the text before the first ".", drops commas, and says "no" when the words contain "No"/"no"/"not", else
+"yes": bpo has a third class, ``unknown`` (refusals, hedges, empty or off-topic answers), where the
+official logic says "yes" (a refusal "Sorry, I cannot answer that." is "no" there and the hedge "It
+is not clear." is "no"); bpo reads on when the first sentence does not answer; "none", "nothing",
+"n't" and "cannot" negate. Other departures: lmms-eval's ``pope_yes_ratio`` counts yes *labels*, which is
 a constant 0.5 on balanced POPE; LLaVA's ``eval_pope.py`` maps every answer without "no"/"not" to
 yes, so an empty or off-topic answer scores as yes; lmms-eval exact-matches, so "Yes." is wrong.
 """
@@ -43,8 +54,26 @@ HEDGES = (
     "not sure", "unsure", "uncertain", "unclear", "cannot determine", "can't determine", "cannot tell",
     "can't tell", "cannot be determined", "can't be determined", "unable to", "impossible to",
     "hard to say", "hard to tell", "difficult to", "don't know", "do not know", "not possible to",
-    "maybe", "perhaps", "possibly",
+    "maybe", "perhaps", "possibly", "not clear", "isn't clear", "not certain", "can't be sure", "cannot be sure",
+    "can't say for sure", "cannot say for sure", "not enough information", "insufficient", "no way to tell",
+    "not possible to", "ambiguous", "might be", "may be", "could be", "not obvious", "hard to determine",
+    "difficult to", "it depends", "i can't confirm", "i cannot confirm", "cannot confirm", "can't confirm",
 )
+# Clear affirmatives that do not say "yes"; "not" right after one makes it a no ("Absolutely not.").
+_AFFIRMATIVE = re.compile(
+    r"^(?:of course|absolutely|certainly|definitely|indeed|correct|affirmative|sure|surely|right|that's right|"
+    r"that is right|that's correct|that is correct|true|exactly|yes indeed|undoubtedly|"
+    r"(?:i|we) (?:think|believe|guess|suppose) so)\b"
+)
+# Refusals and "I cannot see the image" answer nothing about the object: unknown, never "no".
+_REFUSAL = re.compile(
+    r"\b(?:sorry|apologi[sz]e|as an ai|language model)\b|"
+    r"\b(?:can't|cannot|can not|unable to|not able to|don't|do not)\s+(?:answer|help|assist|comply|respond|"
+    r"provide|access|process|view|open|load)\b|"
+    r"\b(?:can't|cannot|unable to|not able to|don't|do not)\s+(?:see|view)\s+(?:the|any|an|this)\s+"
+    r"(?:image|picture|photo|photograph)\b|\bno image\b|\bimage (?:is not|isn't) (?:provided|available|visible)\b"
+)
+_SENTENCE = re.compile(r"(?<![0-9])[.!?;\n]+|[.!?;\n]+(?![0-9])")
 _EXISTENCE = re.compile(
     r"\bthere (?:is|are|'s|appears to be|seems to be)\b|\bthere's\b|\bi (?:can )?see\b|"
     r"\bcan be seen\b|\b(?:is|are) (?:visible|present)\b|\bdoes contain\b|\bdo contain\b"
@@ -56,17 +85,39 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
 def parse_yes_no(text: str) -> str:
-    """``"yes"``, ``"no"`` or ``"unknown"`` for a free-form answer (rules in the module doc)."""
+    """``"yes"``, ``"no"`` or ``"unknown"`` for a free-form answer (rules in the module doc).
+
+    Sentences are read in order until one answers; a sentence that only describes ("The image shows a
+    park.") passes the decision to the next one, while a hedge or a refusal ends it as ``unknown``.
+    """
     t = _LEADING_JUNK.sub("", text.strip().lower().replace("\u2019", "'"))
     t = _LEADING_JUNK.sub("", _PREFIX.sub("", t))
-    first = re.split(r"[.!?\n]", t, maxsplit=1)[0]
+    for sentence in _SENTENCE.split(t):
+        verdict = _sentence_verdict(_LEADING_JUNK.sub("", sentence))
+        if verdict is not None:
+            return verdict
+    return "unknown"
+
+
+def _sentence_verdict(first: str) -> str | None:
+    """One sentence's answer: yes / no / unknown (hedge, refusal, both), or None when it does not answer."""
     words = _WORD.findall(first)
-    if not words or _BOTH.search(first):
+    if not words:
+        return None
+    if _BOTH.search(first):
         return "unknown"
     if words[0] in YES_WORDS:
         return "yes"
     if words[0] in NO_WORDS:
         return "no"
+    lead = _AFFIRMATIVE.match(first)
+    if lead:  # "Of course.", "Absolutely not."; "Sure, there is no dog" contradicts itself
+        rest = _WORD.findall(first[lead.end():])
+        if rest[:1] == ["not"]:
+            return "no"
+        return "unknown" if any(w in NEGATIONS or w.endswith("n't") for w in rest) else "yes"
+    if _REFUSAL.search(first):
+        return "unknown"
     has_yes = any(w in YES_WORDS for w in words)
     has_neg = any(w in NEGATIONS or w.endswith("n't") for w in words)
     if has_yes and has_neg:
@@ -77,7 +128,7 @@ def parse_yes_no(text: str) -> str:
         return "no"
     if has_yes or _EXISTENCE.search(first):
         return "yes"
-    return "unknown"
+    return None
 
 
 def pope_metrics(preds: list[str], labels: list[str]) -> dict:

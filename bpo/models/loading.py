@@ -8,6 +8,7 @@ code path a user takes with ``llava-hf/llava-1.5-7b-hf`` or ``Qwen/Qwen2-VL-7B-I
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,44 @@ def _processor_class_name(path: str) -> str | None:
     return None
 
 
+@contextmanager
+def quiet_loading():
+    """No "Loading weights" / "Writing model shards" bars (nor peft's deprecation warning) while bpo loads a model.
+
+    A demo loads a tiny model dozens of times; one bar each buries the output. The previous setting is
+    restored, so a user's own transformers calls keep their bars.
+    """
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            # peft 0.21's PeftModel.__init__ reads transformers' deprecated `is_gradient_checkpointing`; the
+            # warning is theirs, not the user's, and would print on every run. Only that one is hidden.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def refuse_pickled_weights(name_or_path: str, what: str = "model") -> None:
+    """A local model folder with only pickled weights (``*.bin``/``*.pt``) is refused in one line, before
+    transformers says "no file named model.safetensors"."""
+    path = Path(os.path.expanduser(name_or_path))
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p for ext in ("*.bin", "*.pt", "*.pth") for p in path.glob(ext))
+    if pickled:
+        from bpo.io import pickled_weights_error
+
+        raise pickled_weights_error(pickled[0], what)
+
+
 def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None):
     """``AutoProcessor.from_pretrained`` with a clear error and an image-only fallback (see above)."""
     from transformers import AutoProcessor
@@ -107,7 +146,8 @@ def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revisi
 
     error: Exception | None = None
     try:
-        proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+        with quiet_loading():
+            proc = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except (AttributeError, ImportError, TypeError, ValueError, OSError) as exc:
         proc, error = None, exc
     if not isinstance(proc, ProcessorMixin):
@@ -156,6 +196,7 @@ def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None
     from transformers import AutoModelForImageTextToText
 
     _check_exists(name_or_path)
+    refuse_pickled_weights(name_or_path)
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype), "use_safetensors": True,
                               "trust_remote_code": trust_remote_code}
     if revision:
@@ -163,7 +204,8 @@ def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        with quiet_loading():
+            model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
         msg = first_line(exc)
         raise BpoError(f"cannot load model {name_or_path!r}: {msg}") from None
@@ -181,7 +223,23 @@ def attach_adapter(model, adapter: str, *, trainable: bool = False):
     if not os.path.exists(os.path.join(adapter, "adapter_config.json")):
         raise BpoError(f"adapter {adapter!r} has no adapter_config.json; pass the folder `bpo train` saved "
                        "(<output_dir>/adapter)")
-    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    if not os.path.exists(os.path.join(adapter, "adapter_model.safetensors")):
+        # peft would torch.load an adapter_model.bin (a pickle); bpo loads safetensors only.
+        from bpo.io import pickled_weights_error
+
+        if os.path.exists(os.path.join(adapter, "adapter_model.bin")):
+            raise pickled_weights_error(os.path.join(adapter, "adapter_model.bin"), "adapter")
+        raise BpoError(f"adapter {adapter!r} has no adapter_model.safetensors; pass the folder `bpo train` saved "
+                       "(<output_dir>/adapter)")
+    import pickle
+
+    try:
+        with quiet_loading():
+            return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    except pickle.UnpicklingError as exc:
+        from bpo.io import pickled_weights_error
+
+        raise pickled_weights_error(adapter, "adapter", exc) from None
 
 
 def load(name_or_path: str, **kwargs):

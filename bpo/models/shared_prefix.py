@@ -64,6 +64,14 @@ def _is_fsdp2(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _cache_kwarg(base) -> str:
+    """``cache`` where the model's forward takes it (transformers >= 5.24), else ``past_key_values``."""
+    try:
+        return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
 def unsupported_reason(model) -> str | None:
     """Why the shared-prefix path cannot be used for ``model`` right now, or None if it can.
 
@@ -199,7 +207,12 @@ def shared_row_logps(model, batch: PrefixBatch) -> tuple[torch.Tensor, torch.Ten
     prefix_len = to_device(batch.prefix_len, device)
     extras = {k: to_device(v, device) for k, v in batch.seg_extras.items()}
     out = model(**pre, position_ids=pre_pos, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    # transformers 5.x renamed past_key_values to cache (the old name warns on every forward); an output
+    # with a `cache` field is from a model whose forward takes `cache`.
+    cache = getattr(out, "cache", None)
+    cache_kw = "cache" if cache is not None else _cache_kwarg(base)
+    if cache is None:
+        cache = out.past_key_values
     del out
     cache.reorder_cache(rows)  # index_select: differentiable, so gradients reach the shared prefix
 
@@ -208,8 +221,8 @@ def shared_row_logps(model, batch: PrefixBatch) -> tuple[torch.Tensor, torch.Ten
     if mrope:
         seg_pos = seg_pos.unsqueeze(0).expand(3, -1, -1)
     full_mask = torch.cat([mask[rows], seg_mask], dim=1)
-    logits = model(input_ids=seg_ids, attention_mask=full_mask, position_ids=seg_pos, past_key_values=cache,
-                   use_cache=True, **extras).logits
+    logits = model(input_ids=seg_ids, attention_mask=full_mask, position_ids=seg_pos, use_cache=True,
+                   **{cache_kw: cache}, **extras).logits
     targets = seg_ids[:, 1:]
     tmask = seg_mask[:, 1:].bool()
     lp = token_logps(logits[:, :-1], targets).masked_fill(~tmask, 0.0)

@@ -115,7 +115,10 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     model, processor = make_llava(tokenizer or build_tokenizer(["<image>"]), image_size=image_size,
                                   patch_size=patch_size, vision_hidden=vision_hidden, hidden=hidden, layers=layers,
                                   seed=seed, chat_template=chat_template)
-    model.save_pretrained(out)
+    from bpo.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
@@ -156,6 +159,9 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2
                                                merge_size=2, temporal_patch_size=2)
     processor = image_only_processor_cls("Qwen2VLProcessor")(image_processor=image_processor, tokenizer=tok,
                                                              chat_template=QWEN_CHAT_TEMPLATE)
-    model.save_pretrained(out)
+    from bpo.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)  # saved under the stock name Qwen2VLProcessor
     return out

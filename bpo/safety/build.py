@@ -173,6 +173,10 @@ def run_build(pairs_path: str | os.PathLike, index_path: str | os.PathLike, imag
     options = options or BuildOptions()
     out_path = Path(out_path)
     report_path = Path(report_path) if report_path else out_path.parent / "build_report.json"
+    from bpo.safeguard import refuse_overwrite
+
+    refuse_overwrite({"--out": str(out_path), "--report": str(report_path)},
+                     {"--pairs": str(pairs_path), "--index": str(index_path)})
     index = load_index(index_path, image_root, on_error=options.on_error)
     finder_kw = dict(finder_options or {})
     if options.entity_backend == "llm":
@@ -184,6 +188,12 @@ def run_build(pairs_path: str | os.PathLike, index_path: str | os.PathLike, imag
     errors: list[RecordError] = []
     pairs = list(read_pairs(pairs_path, on_error=options.on_error, errors=errors, id_prefix=options.id_prefix))
     records = builder.run(pairs, errors=errors)
+    if not records:
+        # Zero records is never a result: say why instead of writing an empty file and exiting 0.
+        dropped = ", ".join(f"{k} {v}" for k, v in builder.filtered.items() if v)
+        why = f"; first bad row: {errors[0]}" if errors else (f"; filtered: {dropped}" if dropped else "")
+        raise BpoError(f"{pairs_path}: no records built from {len(pairs) + len(errors)} row(s) "
+                       f"({len(errors)} bad){why}")
     write_records(out_path, records)
     report = {
         "inputs": {"pairs": str(pairs_path), "pairs_sha256": file_sha256(pairs_path), "index": str(index_path),

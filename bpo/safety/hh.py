@@ -79,6 +79,8 @@ def _response(value, side: str) -> str:
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
         if value[0].get("role", "assistant") != "assistant":
             raise ValueError(f"'{side}' message must have role 'assistant'")
+        if not isinstance(value[0].get("content"), (str, list)):
+            raise ValueError(f"'{side}' message needs a 'content' string or list of parts")
         value = message_text(value[0])
     if not isinstance(value, str):
         raise ValueError(f"'{side}' must be a string")
@@ -157,31 +159,6 @@ def parse_row(row: dict, *, where: str, default_id: str) -> TextPair:
     return TextPair(id=rid, prompt=prompt, chosen=chosen, rejected=rejected, where=where, extra=extra)
 
 
-def _read_gz_jsonl(path: Path, skip: bool, errors: list | None) -> Iterator[tuple[int, dict]]:
-    """``read_jsonl`` for ``.jsonl.gz`` (the form Anthropic publishes HH-RLHF in), same error rules."""
-    import gzip
-    import json
-
-    if not path.exists():
-        raise BpoError(f"{path}: file not found")
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("expected a JSON object per line")
-            except ValueError as exc:
-                err = RecordError(f"malformed JSON line ({exc}); fix or delete it", where=f"{path}:{lineno}")
-                if not skip:
-                    raise err from None
-                if errors is not None:
-                    errors.append(err)
-                continue
-            yield lineno, obj
-
-
 def read_pairs(path: str | os.PathLike, *, on_error: str = "raise", errors: list | None = None,
                id_prefix: str | None = None) -> Iterator[TextPair]:
     """Yield pairs from a JSONL, ``.jsonl.gz`` or ``.json`` (list) file.
@@ -195,12 +172,8 @@ def read_pairs(path: str | os.PathLike, *, on_error: str = "raise", errors: list
     path = Path(path)
     prefix = f"{path.name.split('.')[0]}-" if id_prefix is None else id_prefix
     skip = on_error == "skip"
-    if path.suffix == ".gz":
-        rows = _read_gz_jsonl(path, skip, errors)
-    elif path.suffix == ".json":
-        rows = read_json_or_jsonl(path)
-    else:
-        rows = read_jsonl(path, skip_bad=skip, errors=errors)
+    # bpo.io reads .gz transparently and tells a JSON list from JSON Lines by content.
+    rows = read_json_or_jsonl(path) if path.suffix == ".json" else read_jsonl(path, skip_bad=skip, errors=errors)
     seen: set[str] = set()
     for lineno, row in rows:
         where = f"{path}:{lineno}"

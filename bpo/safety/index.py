@@ -119,21 +119,22 @@ class ImageIndex:
 
 def _rows(path: Path) -> list[tuple[int, dict]]:
     if path.suffix.lower() == ".csv":
-        try:
-            with open(path, encoding="utf-8-sig", newline="") as fh:
-                reader = csv.DictReader(fh)
-                missing = [c for c in ("entity", "type", "image") if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise BpoError(f"{path}:1: missing column(s) {', '.join(missing)}; the header must be "
-                                   "entity,type,image[,aliases]")
-                rows = []
-                for row in reader:
-                    aliases = row.get("aliases") or ""
-                    row["aliases"] = [a for a in aliases.split("|")]
-                    rows.append((reader.line_num, row))
-                return rows
-        except FileNotFoundError:
-            raise BpoError(f"{path}: image index not found") from None
+        import io
+
+        from bpo.io import read_text
+
+        # bpo.io.read_text: missing file, directory, permission and non-UTF-8 bytes are one-line errors.
+        reader = csv.DictReader(io.StringIO(read_text(path, "image index"), newline=""))
+        missing = [c for c in ("entity", "type", "image") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise BpoError(f"{path}:1: missing column(s) {', '.join(missing)}; the header must be "
+                           "entity,type,image[,aliases]")
+        rows = []
+        for row in reader:
+            aliases = row.get("aliases") or ""
+            row["aliases"] = [a for a in aliases.split("|")]
+            rows.append((reader.line_num, row))
+        return rows
     if not path.exists():
         raise BpoError(f"{path}: image index not found")
     return list(read_json_or_jsonl(path))

@@ -84,8 +84,19 @@ def to_mmsafe_po(record: Record, *, prompt_key: str = "question") -> dict:
             row[key] = record.meta[key]
     for key in ("text_prompt", "mid_prompt"):
         if key in record.meta:
-            row[key] = flatten(_with_last_turn(record.prompt, record.meta[key]), images=False)
+            flat = record.meta.get(f"{key}_flat")
+            if isinstance(flat, str) and _last_user_text(flat) == record.meta[key]:
+                row[key] = flat  # imported from a released file and unchanged since: give it back verbatim
+            else:
+                row[key] = flatten(_with_last_turn(record.prompt, record.meta[key]), images=False)
     return row
+
+
+def _last_user_text(flat: str) -> str | None:
+    try:
+        return message_text(unflatten(flat)[-1])
+    except ValueError:
+        return None
 
 
 def _strip_prefix(text: str) -> str:

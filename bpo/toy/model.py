@@ -78,6 +78,9 @@ def build_model(tokenizer, mcfg: ModelConfig, *, image_size: int, patch_size: in
 
 def save(model, processor, out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    model.save_pretrained(out)
+    from bpo.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

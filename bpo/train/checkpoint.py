@@ -79,7 +79,11 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     from safetensors.torch import load_file
 
     path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+    except (OSError, ValueError, RuntimeError) as exc:  # missing, truncated or not safetensors
+        raise BpoError(f"{path / 'trainable.safetensors'}: unreadable checkpoint weights ({str(exc).splitlines()[0]}); "
+                       "resume from another checkpoint or run.resume=none") from None
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -88,9 +92,11 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    from bpo.io import load_tensors  # torch.load(weights_only=True); a pickle is a one-line error
+
+    optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
+    scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
+    rng = load_tensors(path / "rng.pt")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -137,3 +137,43 @@ class TrainConfig:
             raise BpoError("loss.label_smoothing only applies to loss.type=sigmoid")
         if self.data.max_length < 8:
             raise BpoError("data.max_length is too small")
+        check_ranges(self)
+        if require_paths:
+            from bpo.safeguard import check_train_paths
+
+            check_train_paths(self.data.train, self.run.output_dir, {"model.adapter": self.model.adapter})
+
+
+# (key, test, what it must be): checked before any model loads, so a bad value never reaches torch.
+RANGES = (
+    ("optim.lr", lambda v: v > 0, "> 0"),
+    ("loss.beta", lambda v: v > 0, "> 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.warmup_ratio", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optim.max_grad_norm", lambda v: v >= 0, ">= 0 (0 = off)"),
+    ("optim.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("run.max_steps", lambda v: v >= 0, ">= 0 (0 = use run.epochs)"),
+    ("run.epochs", lambda v: v >= 0, ">= 0"),
+    ("run.save_every", lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    ("run.keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("run.log_every", lambda v: v >= 1, ">= 1"),
+    ("data.max_negatives", lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("loss.sft_weight", lambda v: v >= 0, ">= 0"),
+    ("loss.source_weights", lambda v: all(w >= 0 for w in v.values()), "weights >= 0"),
+    ("lora.r", lambda v: v >= 1, ">= 1"),
+    ("lora.alpha", lambda v: v > 0, "> 0"),
+    ("lora.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+)
+
+
+def check_ranges(cfg) -> None:
+    import math
+
+    for key, ok, what in RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        finite = all(math.isfinite(x) for x in (value if isinstance(value, list) else list(value.values())
+                                                if isinstance(value, dict) else [value]))
+        if not finite or not ok(value):
+            raise BpoError(f"config key {key!r}: {value!r} is out of range; it must be {what}")

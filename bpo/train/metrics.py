@@ -149,11 +149,12 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    from bpo.io import iter_lines  # missing, directory, non-UTF-8: one line naming the file
+
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for _, line in iter_lines(path, "metrics file"):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill
     return rows

@@ -84,7 +84,10 @@ def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False, cop
         config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                             target_modules=lora_target_modules(model, lora_cfg.target_modules),
                             modules_to_save=modules_to_save, bias="none")
-        model = get_peft_model(model, config)
+        from bpo.models.loading import quiet_loading
+
+        with quiet_loading():  # hides peft's own is_gradient_checkpointing deprecation warning, nothing else
+            model = get_peft_model(model, config)
     else:
         model.requires_grad_(True)
         if vision and not lora_cfg.train_vision:

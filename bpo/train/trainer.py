@@ -116,6 +116,12 @@ class Trainer:
         self.read_errors: list = []
         records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=self.read_errors))
         records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
+        from bpo.data.validate import identical_pairs
+
+        same = identical_pairs(records)  # trains, but teaches nothing: say so, as `bpo data validate` does
+        if same:
+            self.log(f"warning: {len(same)} rejected answer(s) identical to their chosen one; such pairs teach "
+                     f"nothing (first: {same[0]})")
         self.records = subset(records, cfg.data.subset_fraction, cfg.data.subset_seed)
 
     def _load_data(self):
