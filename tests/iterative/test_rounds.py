@@ -132,3 +132,16 @@ def test_cli_dry_run_and_help(tmp_path, micro_world, capsys):
     assert cli(["iterate", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
     assert "r2-train: bpo train" in out and "lora.init_from=" in out and not (tmp_path / "x" / "round-1").exists()
+
+
+def test_shipped_iterate_config_parses_and_its_train_settings_apply():
+    from pathlib import Path
+
+    from bpo.iterative.rounds import _flatten
+    from bpo.train.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(IterateConfig, root / "configs" / "iterative_bpo.yaml")
+    assert (cfg.rounds, cfg.reference, cfg.sources) == (3, "previous", ["weakened", "injected"])
+    train = load_config(TrainConfig, root / cfg.train_config, _flatten(cfg.train))
+    assert train.run.epochs == 1 and train.lora.r == 64
