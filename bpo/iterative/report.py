@@ -71,7 +71,9 @@ def negative_stats(prefs: Path, truth, vocab) -> dict:
     items: dict[str, list[dict]] = {}
     no_truth: dict[str, int] = {}
     for rec in read_records(prefs):
-        entry = truth.entries.get(rec.id) if truth is not None else None
+        # by record id, or (COCO instances) by meta.image_id / the image's file name
+        key = truth.key_for(rec.id, {"meta": rec.meta, "images": rec.images}) if truth is not None else None
+        entry = truth.entries.get(key) if key is not None else None
         for neg in rec.rejected:
             if entry is None:
                 no_truth[neg.source] = no_truth.get(neg.source, 0) + 1

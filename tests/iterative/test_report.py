@@ -105,3 +105,16 @@ def test_verdicts_and_report(tmp_path):
     png = plot_rounds(_rows(), tmp_path / "r.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     json.dumps(claims)  # rounds.json must be able to hold them
+
+
+def test_negative_stats_with_coco_truth_keyed_by_image(tmp_path):
+    vocab = load_vocabulary(None)
+    truth = ObjectTruth("coco")
+    truth.add("139", ["dog"], vocab)
+    truth.aliases["COCO_val2014_000000000139.jpg"] = "139"
+    prefs = tmp_path / "p.jsonl"
+    write_records(prefs, [Record(id="rec-a", images=["val/COCO_val2014_000000000139.jpg"],
+                                 prompt=[user_turn("describe", 1)], chosen="a dog",
+                                 rejected=[Negative("a dog and a cat", "weakened")])])
+    w = negative_stats(prefs, truth, vocab)["weakened"]
+    assert (w["scored"], w["chair_i"]) == (1, 0.5)
