@@ -122,8 +122,9 @@ def round_paths(cfg: IterateConfig, r: int, sft: Path | None = None) -> RoundPat
     return RoundPaths(root=root, sft=sft, chain=chain if r else [])
 
 
-def write_round_inputs(cfg: IterateConfig) -> list[Path]:
-    """The chosen-only records of rounds 1..N, each under a content-addressed name (see the module doc)."""
+def write_round_inputs(cfg: IterateConfig, *, write: bool = True) -> list[Path]:
+    """The chosen-only records of rounds 1..N, each under a content-addressed name (see the module doc);
+    ``write=False`` only names them (a dry run writes nothing)."""
     import hashlib
 
     from bpo.io import atomic_write
@@ -140,7 +141,7 @@ def write_round_inputs(cfg: IterateConfig) -> list[Path]:
         text = "\n".join(part) + "\n"
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         path = Path(cfg.out) / "inputs" / f"sft-r{r}-{digest}.jsonl"
-        if not path.exists():
+        if write and not path.exists():
             with atomic_write(path) as fh:
                 fh.write(text)
         out.append(path)
@@ -269,7 +270,7 @@ def run_iterate(cfg: IterateConfig, *, force: bool = False, dry_run: bool = Fals
     from bpo.pipeline import Recipe, run_recipe
 
     cfg.validate()
-    sft_files = write_round_inputs(cfg)
+    sft_files = write_round_inputs(cfg, write=not dry_run)
     steps, paths = build_steps(cfg, sft_files)
     recipe = Recipe(path="bpo iterate", vars={}, steps=steps)
     results = run_recipe(recipe, state_dir=Path(cfg.out) / ".pipeline", force=force, dry_run=dry_run, log=log)

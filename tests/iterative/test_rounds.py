@@ -131,7 +131,7 @@ def test_cli_dry_run_and_help(tmp_path, micro_world, capsys):
     args = [f"model={model}", f"sft={d.train}", f"heldout={d.chair}", f"out={tmp_path / 'x'}", "rounds=2"]
     assert cli(["iterate", "--dry-run", *args]) == 0
     out = capsys.readouterr().out
-    assert "r2-train: bpo train" in out and "lora.init_from=" in out and not (tmp_path / "x" / "round-1").exists()
+    assert "r2-train: bpo train" in out and "lora.init_from=" in out and not (tmp_path / "x" / "inputs").exists()
 
 
 def test_shipped_iterate_config_parses_and_its_train_settings_apply():
