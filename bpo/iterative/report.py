@@ -193,6 +193,7 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color(0))
         ax.set_title(label)
+        ax.set_xticks([r["round"] for r in rows])
         ax.set_xlabel("round (0 = base)")
         ax.grid(alpha=0.3)
     ax = axes[len(cols)]
@@ -204,6 +205,7 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color(i),
                     label=f"{source} {key.replace('chair_', 'CHAIR_')}")
     ax.set_title("negatives vs ground truth")
+    ax.set_xticks([r["round"] for r in rows if r.get("negatives")] or [0])
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
     if sources:
