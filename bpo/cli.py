@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("bpo.commands.analyze", "curves | noise | modality | scaling: paper figures as PNG + CSV"),
     "safety": ("bpo.commands.safety", "build MMSafe-PO style data from text-only preference data"),
     "pipeline": ("bpo.commands.pipeline", "run a recipe that chains bpo commands (resumable)"),
+    "iterate": ("bpo.commands.iterate", "rounds of Bootstrapped PO from the improving policy, with a report"),
     "demo": ("bpo.commands.demo", "run the built-in toy-world pipeline end to end on CPU"),
 }
 

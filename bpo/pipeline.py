@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,12 +136,17 @@ def _digest(step: Step) -> str:
 
 
 def _clear_outputs(step: Step) -> list[Path]:
-    """Remove a step's declared outputs and the resumable-job files beside them; returns what was removed."""
+    """Remove a step's declared outputs (files, or whole declared folders) and the resumable-job files beside
+    them; returns what was removed."""
     from bpo.bootstrap.jobs import errors_path, job_path, shard_files
 
     removed = []
     for o in step.outputs:
         out = Path(o)
+        if out.is_dir():  # a declared output folder (a training run: its checkpoints must not be resumed)
+            shutil.rmtree(out)
+            removed.append(out)
+            continue
         for f in [out, job_path(out), errors_path(out), *shard_files(out), *shard_files(out, ".errors.jsonl")]:
             if f.is_file():
                 f.unlink()

@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from bpo.cli import main as cli
 
 
@@ -71,3 +73,25 @@ def test_fast_safety_scenario(tmp_path, capsys):
 def test_quick_has_no_scenarios(tmp_path, capsys):
     assert cli(["demo", "--quick", "--scenario", "safety", "--out", str(tmp_path)]) == 2
     assert "drop --quick to run --scenario safety" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fast_iterative_scenario(tmp_path, capsys):
+    """`bpo demo --scenario iterative --fast`: two rounds through `bpo iterate`, the report and its verdict."""
+    out = tmp_path / "iter"
+    assert cli(["demo", "--scenario", "iterative", "--fast", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    it = out / "seed-0" / "iterate"
+    rounds = json.loads((it / "rounds.json").read_text())
+    rows = rounds["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert 0.0 <= r["chair_s"] <= 1.0 and 0.0 <= r["pull"] <= 1.0, r
+    assert rows[1]["negatives"]["weakened"]["n"] > 0 and "train" in rows[2]
+    assert [v["claim"] for v in rounds["verdicts"]][0] == "round 2 beats round 1 on held-out CHAIR_i"
+    cfg2 = (it / "round-2" / "train" / "config.yaml").read_text()
+    assert "init_from: " + str(it / "round-1" / "train" / "adapter") in cfg2 and "reference: start" in cfg2
+    assert (it / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "round 2 beats round 1 on held-out CHAIR_i" in report and "paired-bootstrap interval" in report
+    assert "round 2 beats round 1" in printed

@@ -27,8 +27,9 @@ def build_parser():
     p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
     p.add_argument("--seeds", type=int, default=1, help="toy demo: run seeds 0..N-1 and report mean +- std")
     p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
-    p.add_argument("--scenario", choices=("hallucination", "safety"), default="hallucination",
-                   help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects")
+    p.add_argument("--scenario", choices=("hallucination", "safety", "iterative"), default="hallucination",
+                   help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects; "
+                        "iterative = 3 rounds of Bootstrapped PO through `bpo iterate`")
     return p
 
 
@@ -88,6 +89,10 @@ def main(argv: list[str]) -> int:
                        f"--scenario {args.scenario} (add --fast for a small version)")
     if args.quick:
         return run_quick(out, args.steps)
+    if args.scenario == "iterative":
+        from bpo.toy import iterative_demo
+
+        return iterative_demo.main(args, out)
     if args.scenario == "safety":
         from bpo.toy import safety_demo
 

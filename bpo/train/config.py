@@ -49,6 +49,11 @@ class LossSection:
                                               help="per-negative-source weights, e.g. {weakened: 1, injected: 0.5}")
     sft_weight: float = option(0.0, help="weight of an extra per-token NLL term on chosen (0 = off)")
     label_smoothing: float = option(0.0, help="conservative DPO epsilon (sigmoid only)")
+    reference: str = option("base", help="pi_ref: base = the model without the trained LoRA (model.name with "
+                                         "model.adapter merged); start = the policy as training starts, i.e. "
+                                         "with lora.init_from (iterative DPO: the previous round's policy), "
+                                         "scored once into the reference cache before the first step",
+                            choices=("base", "start"))
 
 
 @dataclass
@@ -64,6 +69,9 @@ class LoraSection:
                                                "a frozen copy of the original (the paper's code shared it by "
                                                "accident, so its reference drifted)")
     train_vision: bool = option(False, help="unfreeze the vision tower (full fine-tuning only)")
+    init_from: str | None = option(None, help="continue training this saved LoRA adapter (e.g. the previous "
+                                              "round's <output_dir>/adapter) instead of a fresh one; its rank, "
+                                              "alpha and targets are used, lora.r/alpha/target_modules ignored")
 
 
 @dataclass
@@ -135,6 +143,11 @@ class TrainConfig:
             raise BpoError("loss.label_smoothing must be in [0, 0.5)")
         if self.loss.type != "sigmoid" and self.loss.label_smoothing:
             raise BpoError("loss.label_smoothing only applies to loss.type=sigmoid")
+        if self.lora.init_from and not self.lora.enabled:
+            raise BpoError("lora.init_from continues a LoRA adapter: it needs lora.enabled=true")
+        if self.loss.reference == "start" and self.lora.enabled and self.run.ref_cache == "off":
+            raise BpoError("loss.reference=start scores pi_ref once before training (the policy moves after "
+                           "that): it needs run.ref_cache=auto")
         if self.data.max_length < 8:
             raise BpoError("data.max_length is too small")
         check_ranges(self)

@@ -78,6 +78,10 @@ def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False, cop
         from peft import LoraConfig, get_peft_model
 
         model.requires_grad_(False)
+        if lora_cfg.init_from:  # continue a saved adapter (iterative rounds): its own rank/targets/projector
+            from bpo.models.loading import attach_adapter
+
+            return _check_trainable(attach_adapter(model, lora_cfg.init_from, trainable=True)), None
         modules_to_save = [proj] if (lora_cfg.train_projector and proj) else None
         if lora_cfg.train_projector and not proj:
             raise BpoError("lora.train_projector: no projector module found in this model")
@@ -99,16 +103,26 @@ def prepare_policy(model, lora_cfg, *, gradient_checkpointing: bool = False, cop
             model.get_submodule(proj).requires_grad_(True)
         if copy_reference:
             ref_model = copy.deepcopy(model).requires_grad_(False).eval()
+    return _check_trainable(model), ref_model
+
+
+def _check_trainable(model):
     if not any(p.requires_grad for p in model.parameters()):
         raise BpoError("nothing to train: check lora.target_modules / train_projector")
-    return model, ref_model
+    return model
 
 
 @contextlib.contextmanager
-def reference_mode(model, ref_model=None):
-    """Yield the network that computes pi_ref: the frozen copy, or the policy with adapters off."""
+def reference_mode(model, ref_model=None, *, start: bool = False):
+    """Yield the network that computes pi_ref: the frozen copy, or the policy with adapters off.
+
+    ``start``: pi_ref is the policy itself as training starts (``loss.reference=start``); only valid
+    before the first optimizer step, which is when the reference cache is filled."""
     if ref_model is not None:
         yield ref_model
+        return
+    if start:
+        yield model
         return
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():

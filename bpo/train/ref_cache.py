@@ -66,6 +66,8 @@ def reference_fingerprint(cfg, processor, model=None) -> tuple[str, dict]:
         "precision": cfg.run.precision,
         "attn_implementation": cfg.model.attn_implementation,
     }
+    if getattr(cfg.loss, "reference", "base") == "start" and cfg.lora.enabled:  # pi_ref = base + init adapter
+        ingredients["reference_start"] = dir_digest(cfg.lora.init_from) if cfg.lora.init_from else None
     return stable_hash(ingredients), ingredients
 
 

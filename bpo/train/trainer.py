@@ -76,6 +76,7 @@ class Trainer:
         from bpo.train.ref_cache import build_reference_cache
 
         self.ref_cache = build_reference_cache(self)  # pi_ref once, on disk; None when run.ref_cache=off
+        self._pi_ref_frozen = True  # from here on the policy may move (loss.reference=start)
         if self.ref_cache is not None and self.ref_model is not None:
             # Every reference log-prob is on disk now: the frozen copy of full fine-tuning is dead weight.
             self.ref_model = None
@@ -179,7 +180,10 @@ class Trainer:
         cache = getattr(self, "ref_cache", None)
         if cache is not None:
             return cache.lookup(examples, device=self.acc.device)
-        with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model) as ref:
+        start = self.cfg.loss.reference == "start"
+        if start and getattr(self, "_pi_ref_frozen", False):  # the policy has moved: it is no longer pi_ref
+            raise BpoError("loss.reference=start: a reference log-prob is missing from the cache")
+        with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model, start=start) as ref:
             was_training = ref.training
             ref.eval()
             lp, _, _ = self._logps(ref, examples)
