@@ -2,7 +2,7 @@
 
 Every (example, response) pair becomes one row ``prompt + response`` (right-padded), with the
 example's vision tensors repeated per row, as TRL and every other peer do. The fast shared-prefix
-path (``bpo.models.shared_prefix``) must match this one; tests compare them.
+path (``bpo.models.packed``) must match this one; tests compare them.
 """
 
 from __future__ import annotations
