@@ -90,7 +90,9 @@ class LocalCausalLM:
                 tokenizer = AutoTokenizer.from_pretrained(self.model_path)
                 model = AutoModelForCausalLM.from_pretrained(self.model_path)
             except (OSError, ValueError) as exc:
-                first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                from bpo.models.loading import first_line as _first
+
+                first_line = _first(exc)
                 raise BpoError(f"cannot load {self.what} from {self.model_path!r}: {first_line} (pass a local "
                                "directory with config.json, weights and tokenizer)") from None
             model.to(self.device).eval()
@@ -102,7 +104,10 @@ class LocalCausalLM:
 
         model, tok = self.load()
         if getattr(tok, "chat_template", None):
-            input_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+            from bpo.models.chat import normalize_messages
+
+            messages = normalize_messages(tok, [{"role": "user", "content": prompt}])  # the form its template reads
+            input_ids = tok.apply_chat_template(messages, add_generation_prompt=True,
                                                 return_tensors="pt", return_dict=True)["input_ids"]
         else:
             input_ids = tok(prompt, return_tensors="pt")["input_ids"]

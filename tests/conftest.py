@@ -85,3 +85,21 @@ def pref_file(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in PREF_ROWS))
     return str(path)
+
+
+FAMILY_NAMES = ("llava", "llava_next", "qwen2vl", "qwen25vl", "gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """``tiny_family(name) -> str``: a hub-shaped tiny model folder of a family, built once per session."""
+    from bpo.models.families import build_tiny
+
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            built[name] = str(build_tiny(name, tmp_path_factory.mktemp(f"family_{name}")))
+        return built[name]
+
+    return get

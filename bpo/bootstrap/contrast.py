@@ -87,7 +87,7 @@ def contrast_batch(engine: HFEngine, clean: Sequence[Encoded], noisy: Sequence[E
         clean_branch = Branch(model, engine.collate(clean))
         noisy_branch = Branch(model, engine.collate(noisy))
         l_clean = clean_branch.next_logits()
-        with projector_hook(model, noisy):
+        with projector_hook(model, noisy, engine.encoder.image_token_ids):
             l_noisy = noisy_branch.next_logits()
         n = l_clean.shape[0]
         finished = torch.zeros(n, dtype=torch.bool)

@@ -164,32 +164,82 @@ def find_projector(model) -> torch.nn.Module:
                    f"{', '.join(PROJECTOR_SUFFIXES)}); use --noise-target pixels")
 
 
-@contextlib.contextmanager
-def projector_hook(model, batch: Sequence[Encoded]):
-    """While active, each request's rows of the projector output go through its ``feature_transform``.
+def find_language_model(model) -> torch.nn.Module | None:
+    """The decoder that receives the merged text + image embeddings (``inputs_embeds``)."""
+    found = [(name, m) for name, m in model.named_modules() if name.split(".")[-1] == "language_model"]
+    return min(found, key=lambda nm: len(nm[0]))[1] if found else None
 
-    The projector's output rows are the image tokens of the batch in order (LLaVA: [n_img, tokens, d],
-    Qwen2-VL: [tokens, d]), so request i owns the next ``n_image_tokens`` rows.
+
+def _image_token_mask(batch: Sequence[Encoded], length: int, image_ids: set[int]) -> torch.Tensor:
+    # The left-padded layout of HFEngine.collate: row i's prompt ends at the right edge.
+    mask = torch.zeros((len(batch), length), dtype=torch.bool)
+    for i, e in enumerate(batch):
+        k = len(e.prompt_ids)
+        mask[i, length - k:] = torch.tensor([t in image_ids for t in e.prompt_ids], dtype=torch.bool)
+    return mask
+
+
+@contextlib.contextmanager
+def projector_hook(model, batch: Sequence[Encoded], image_token_ids: set[int] | None = None):
+    """While active, each request's image features go through its ``feature_transform``.
+
+    Where the projector emits one row per image token (LLaVA-1.5 [n_img, tokens, d], Qwen2-VL [tokens, d],
+    Gemma 3's pooled [n_img, mm_tokens_per_image, d]), request i owns the next ``n_image_tokens`` rows of
+    its output. Where it does not (LLaVA-NeXT anyres: features per crop, unpadded and given newline rows
+    only afterwards), the noise goes on the final image features instead: the rows of the language
+    model's ``inputs_embeds`` at the image-token positions, which are one per image token by construction.
     """
     counts = [e.n_image_tokens for e in batch]
     transforms = [e.request.feature_transform for e in batch]
     if not any(transforms):
         yield
         return
+    image_ids = set(image_token_ids or ())
+    if not image_ids:
+        cfg = model.config
+        image_ids = {v for v in (getattr(cfg, "image_token_id", None), getattr(cfg, "image_token_index", None))
+                     if isinstance(v, int)}
+    state = {"projected": False}
+    lm = find_language_model(model)
+    # Anyres models' projector rows are per crop; a coincidentally equal count must not be taken as tokens.
+    anyres = getattr(model.config, "image_grid_pinpoints", None) is not None
+
+    def apply(rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(c) if fn is not None else c for c, fn in zip(rows.split(counts), transforms)])
 
     def hook(_module, _inputs, output):
+        if not torch.is_tensor(output):
+            return None
         flat = output.reshape(-1, output.shape[-1])
-        if flat.shape[0] != sum(counts):
-            raise BpoError(f"projector output has {flat.shape[0]} rows but the batch has {sum(counts)} image "
-                           "tokens; feature noise cannot be assigned to records for this model (use pixels)")
-        chunks = [fn(c) if fn is not None else c for c, fn in zip(flat.split(counts), transforms)]
-        return torch.cat(chunks).reshape(output.shape)
+        if anyres or flat.shape[0] != sum(counts):
+            if lm is None:
+                raise BpoError(f"projector output has {flat.shape[0]} rows but the batch has {sum(counts)} image "
+                               "tokens, and the model has no language_model module to noise them in; use "
+                               "--noise-target pixels")
+            return None  # not one row per image token: noised after packing, in the language model's input
+        state["projected"] = True
+        return apply(flat).reshape(output.shape)
 
-    handle = find_projector(model).register_forward_hook(hook)
+    def lm_hook(_module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if state["projected"] or embeds is None or embeds.shape[1] == 1:
+            return None  # done by the projector hook, or a cached decoding step (no image tokens)
+        mask = _image_token_mask(batch, embeds.shape[1], image_ids).to(embeds.device)
+        if int(mask.sum()) != sum(counts):
+            raise BpoError(f"the batch has {sum(counts)} image tokens but {int(mask.sum())} image positions; "
+                           "feature noise cannot be assigned to records for this model (use --noise-target pixels)")
+        embeds = embeds.clone()
+        embeds[mask] = apply(embeds[mask]).to(embeds.dtype)
+        return args, {**kwargs, "inputs_embeds": embeds}
+
+    handles = [find_projector(model).register_forward_hook(hook)]
+    if lm is not None:
+        handles.append(lm.register_forward_pre_hook(lm_hook, with_kwargs=True))
     try:
         yield
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 class TextOnlyProcessor:
@@ -321,7 +371,7 @@ class HFEngine:
             extra["tokenizer"] = self.tokenizer
         sampler = self.sampler(batch, settings)
         processors = LogitsProcessorList([sampler] if sampler else [])
-        with torch.inference_mode(), projector_hook(self.model, batch):
+        with torch.inference_mode(), projector_hook(self.model, batch, self.encoder.image_token_ids):
             out = self.model.generate(**inputs, generation_config=config, logits_processor=processors, **extra)
         return [self.strip_eos(row) for row in out[:, inputs["input_ids"].shape[1]:].tolist()]
 
@@ -362,14 +412,14 @@ def build_text_engine(lm_path: str, *, dtype: str = "float32", batch_size: int =
     """A text-only causal LM (``--backend hf`` for error injection) behind the same engine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bpo.models.loading import _check_exists, resolve_dtype
+    from bpo.models.loading import _check_exists, first_line, resolve_dtype
 
     _check_exists(lm_path)
     try:
         tok = AutoTokenizer.from_pretrained(lm_path)
         model = AutoModelForCausalLM.from_pretrained(lm_path, dtype=resolve_dtype(dtype), use_safetensors=True)
     except (OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise BpoError(f"cannot load language model {lm_path!r}: {msg}") from None
     if device is not None:
         model.to(device)

@@ -150,8 +150,12 @@ def check_fingerprint(out, fingerprint: dict, rank: int) -> None:
 def run_job(records: list[Record], process: Callable[[list[Record]], list[Outcome]], *, out, data,
             fingerprint: dict, chunk_size: int, on_error: str = "skip", desc: str = "bootstrap",
             progress: bool = True, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
-            merge: bool = True, input_errors: Sequence[RecordError] = ()) -> JobSummary:
-    """Run ``process`` over this rank's records in chunks, appending one row per finished record."""
+            merge: bool = True, input_errors: Sequence[RecordError] = (), limit: int | None = None) -> JobSummary:
+    """Run ``process`` over this rank's records in chunks, appending one row per finished record.
+
+    ``limit``: ``records`` are only the first N of the input (``--limit``); the merge then expects only
+    them, so the records never read are not reported as failures.
+    """
     from tqdm.auto import tqdm
 
     start = time.time()
@@ -191,7 +195,10 @@ def run_job(records: list[Record], process: Callable[[list[Record]], list[Outcom
     if barrier is not None:
         barrier()
     if merge and rank == 0:
-        summary.merged, summary.missing = merge_shards(data, out)
+        expected = None
+        if limit is not None:
+            expected = {r.id for r in records} | {str(e.record_id) for e in input_errors if e.record_id}
+        summary.merged, summary.missing = merge_shards(data, out, expected=expected)
     summary.seconds = time.time() - start
     return summary
 
@@ -203,13 +210,16 @@ def _write_errors(path: Path, errors: list[RecordError]) -> None:
         path.unlink()
 
 
-def merge_shards(data, out) -> tuple[int, int]:
-    """Write OUT from every shard: first row per id, in the input file's order. Returns (rows, missing)."""
+def merge_shards(data, out, *, expected: set[str] | None = None) -> tuple[int, int]:
+    """Write OUT from every shard: first row per id, in the input file's order. Returns (rows, missing).
+
+    ``expected``: the ids this job was given (``--limit``); others are neither written nor missing.
+    """
     order: list[str] = []
     seen: set[str] = set()
     for _, obj in read_jsonl(data, skip_bad=True):
         rid = obj.get("id")
-        if rid is not None and str(rid) not in seen:
+        if rid is not None and str(rid) not in seen and (expected is None or str(rid) in expected):
             seen.add(str(rid))
             order.append(str(rid))
     rows: dict[str, dict] = {}

@@ -87,7 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="contrast mode: drop tokens with noisy prob < this x the top noisy prob (0 = off)")
     n.add_argument("--noise-target", default="pixels", choices=("pixels", "features"),
                    help="noise the normalised pixel_values (default, as the paper) or the projected image "
-                        "embeddings")
+                        "embeddings, one row per image token as the language model reads them (verified on "
+                        "LLaVA-1.5, LLaVA-NeXT anyres incl. newline rows, Qwen2-VL, Qwen2.5-VL, Gemma 3 pooled "
+                        "tokens; any model whose projector is named multi_modal_projector, mm_projector or "
+                        "visual.merger)")
 
     i = sub.add_parser("inject", help="the GT answer rewritten with plausible wrong details (source: injected)",
                        description="Error injection: a language model rewrites the chosen answer.")
@@ -132,7 +135,7 @@ def run_generator(args, build, desc: str) -> int:
     summary = run_job(records, generator.process, out=args.out, data=args.data,
                       fingerprint={**generator.fingerprint(), **weights}, chunk_size=4 * args.batch_size,
                       on_error=args.on_error, desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
-                      input_errors=input_errors)
+                      input_errors=input_errors, limit=args.limit)
     print(summary.line(desc))
     if getattr(generator, "passed_through", 0):
         print(f"note: {generator.passed_through} record(s) without images have no blind version; written unchanged, "

@@ -56,6 +56,6 @@ def main(argv: list[str]) -> int:
     summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=fingerprint,
                       chunk_size=4 * args.batch_size, on_error=args.on_error, desc="generate",
                       progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
-                      input_errors=input_errors)
+                      input_errors=input_errors, limit=args.limit)
     print(summary.line("generate"))
     return 0

@@ -39,11 +39,13 @@ class EncodedExample:
 
 
 def render_prompt(processor, messages: list[dict]) -> str:
-    """The chat-templated prompt text, ending with the assistant generation header."""
-    try:
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as exc:  # jinja errors come in many types
-        raise BpoError(f"the processor's chat template failed on a prompt: {type(exc).__name__}: {exc}") from None
+    """The chat-templated prompt text, ending with the assistant generation header.
+
+    Content is converted to the form the template reads (bpo.models.chat: the one prompt path).
+    """
+    from bpo.models.chat import render
+
+    return render(processor, messages, add_generation_prompt=True)
 
 
 def end_of_turn_ids(processor) -> list[int]:
@@ -52,18 +54,22 @@ def end_of_turn_ids(processor) -> list[int]:
     Found by rendering a conversation with a marker answer, so it follows each model's own template
     instead of assuming ``eos_token``; falls back to ``eos_token_id``.
     """
+    from bpo.models.chat import normalize_messages
+
     tok = processor.tokenizer
     marker = "XQXQ"
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
     try:
-        text = processor.apply_chat_template(msgs, tokenize=False)
+        text = processor.apply_chat_template(normalize_messages(processor, msgs), tokenize=False)
     except Exception:
         text = ""
     suffix = text.split(marker, 1)[1].strip() if marker in text else ""
     if suffix:
         ids = tok(suffix, add_special_tokens=False)["input_ids"]
         special = set(tok.all_special_ids)
-        ids = [i for i in ids if i in special] or ids
+        # Only a special token ends a turn; plain text after the answer (LLaVA-NeXT's published template
+        # writes a literal '<\\s>') is not what the model emits, so it falls back to eos below.
+        ids = [i for i in ids if i in special]
         if ids:
             return ids[:1]
     if tok.eos_token_id is None:
@@ -92,16 +98,24 @@ class Encoder:
         """(prompt ids, vision tensors, per-token extras) for one record."""
         from bpo.data.images import load_record_images
 
-        text = render_prompt(self.processor, record.prompt)
+        try:
+            text = render_prompt(self.processor, record.prompt)
+        except BpoError as exc:  # the template failed on this record: a record error (named, skippable)
+            raise RecordError(str(exc), record_id=record.id, where=record.meta.get("_where")) from None
         if images is None:
             images = load_record_images(record, self.image_root) if record.images else []
-        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        from bpo.models.chat import add_special_tokens
+
+        # As processor.apply_chat_template(tokenize=True): no second bos when the template wrote one.
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt",
+                                  "add_special_tokens": add_special_tokens(self.tokenizer, text)}
         if images:
             kwargs["images"] = images
         try:
             enc = self.processor(**kwargs)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise RecordError(f"the processor rejected this record: {exc}", record_id=record.id) from None
+        except (ValueError, TypeError, RuntimeError, IndexError, KeyError) as exc:
+            raise RecordError(f"the processor rejected this record: {exc}", record_id=record.id,
+                              where=record.meta.get("_where")) from None
         ids = enc["input_ids"][0].tolist()
         vision, extras = {}, {}
         for key, val in enc.items():
@@ -150,16 +164,29 @@ class Encoder:
 
 
 def _image_token_ids(processor) -> set[int]:
-    ids = set()
-    for attr in ("image_token_id", "video_token_id"):
-        v = getattr(processor, attr, None)
+    """Ids of the tokens the processor expands each image into (one per image embedding).
+
+    ``processor.image_token_ids`` (transformers 5) names them; ``image_token_id`` is not always one of
+    them: Gemma 3's is ``<start_of_image>``, while its 256 embeddings sit on ``<image_soft_token>``.
+    """
+    ids: set[int] = set()
+    if isinstance(getattr(type(processor), "image_token_ids", None), property):
+        try:
+            ids |= {i for i in processor.image_token_ids if isinstance(i, int)}
+        except (AttributeError, TypeError, ValueError):
+            ids = set()
+    if not ids:
+        v = getattr(processor, "image_token_id", None)
         if isinstance(v, int):
             ids.add(v)
-    tok_attr = getattr(processor, "image_token", None)
-    if isinstance(tok_attr, str):
-        tid = processor.tokenizer.convert_tokens_to_ids(tok_attr)
-        if isinstance(tid, int) and tid != processor.tokenizer.unk_token_id:
-            ids.add(tid)
+        tok_attr = getattr(processor, "image_token", None)
+        if isinstance(tok_attr, str):
+            tid = processor.tokenizer.convert_tokens_to_ids(tok_attr)
+            if isinstance(tid, int) and tid != processor.tokenizer.unk_token_id:
+                ids.add(tid)
+    v = getattr(processor, "video_token_id", None)
+    if isinstance(v, int):
+        ids.add(v)
     return ids
 
 

@@ -17,23 +17,71 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
           "float16": "float16", "fp16": "float16", "auto": "auto"}
 
 
-def _qwen2vl_image_only_processor_cls():
-    """Qwen2-VL's processor insists on a video processor, which needs torchvision.
+# Processors that insist on a video processor, which needs torchvision (Qwen2-VL, Qwen2.5-VL, ...).
+IMAGE_ONLY_FALLBACKS = ("Qwen2VLProcessor", "Qwen2_5_VLProcessor")
+_IMAGE_ONLY_CACHE: dict[str, type] = {}
 
-    Without torchvision (CPU boxes, this project's CI) the stock ``AutoProcessor`` cannot be built
-    at all. Images only need the image processor and tokenizer, so this subclass drops the video
-    attribute; everything else (token expansion, ``image_grid_thw``) is the stock code.
+
+def image_only_processor_cls(name: str):
+    """An image-only subclass of the stock processor class ``name`` (for machines without torchvision).
+
+    Without torchvision (CPU boxes, this project's CI) the stock ``AutoProcessor`` of Qwen2-VL and
+    Qwen2.5-VL cannot be built at all: their video processor needs it. Images only need the image
+    processor and tokenizer, so the subclass passes no video processor; everything else (token
+    expansion, ``image_grid_thw``) is the stock code. It saves itself under the stock class name, so a
+    saved folder loads anywhere with the stock class (never under this private name).
     """
-    from transformers import Qwen2VLProcessor
+    if name in _IMAGE_ONLY_CACHE:
+        return _IMAGE_ONLY_CACHE[name]
+    import transformers
 
-    class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    stock = getattr(transformers, name)
 
-    return Qwen2VLImageOnlyProcessor
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop("video_processor", None)
+        stock.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    def to_dict(self):
+        out = stock.to_dict(self)
+        out["processor_class"] = name
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = stock.save_pretrained(self, save_directory, *args, **kwargs)
+        _rename_saved_class(Path(save_directory), name)
+        return result
+
+    cls = type(f"{name}ImageOnly", (stock,), {"__init__": __init__, "to_dict": to_dict,
+                                               "save_pretrained": save_pretrained, "__doc__": stock.__doc__})
+    _IMAGE_ONLY_CACHE[name] = cls
+    return cls
 
 
-_IMAGE_ONLY_FALLBACKS = {"Qwen2VLProcessor": _qwen2vl_image_only_processor_cls}
+def _rename_saved_class(out: Path, name: str) -> None:
+    # Sub-processors record the processor class they were saved from; write the stock name everywhere.
+    import json
+
+    for fname in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        f = out / fname
+        if not f.is_file():
+            continue
+        data = json.loads(f.read_text())
+        if "processor_class" in data and data["processor_class"] != name:
+            data["processor_class"] = name
+            f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _qwen2vl_image_only_processor_cls():
+    """Backward-compatible name for ``image_only_processor_cls("Qwen2VLProcessor")``."""
+    return image_only_processor_cls("Qwen2VLProcessor")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (transformers' messages often start with a newline)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def _processor_class_name(path: str) -> str | None:
@@ -64,11 +112,14 @@ def load_processor(name_or_path: str, *, trust_remote_code: bool = False, revisi
     if not isinstance(proc, ProcessorMixin):
         # AutoProcessor silently returns a bare tokenizer when the processor class cannot be built.
         cls_name = _processor_class_name(name_or_path) if os.path.isdir(name_or_path) else None
-        if cls_name not in _IMAGE_ONLY_FALLBACKS:
-            why = str(error).splitlines()[0] if error else "it has no multimodal processor"
+        if cls_name not in IMAGE_ONLY_FALLBACKS:
+            why = first_line(error) if error else "it has no multimodal processor"
             raise BpoError(f"cannot load a processor from {name_or_path!r} ({why}); pass a local model "
                            "directory or a hub id you can reach") from None
-        proc = _IMAGE_ONLY_FALLBACKS[cls_name]().from_pretrained(name_or_path, revision=revision)
+        try:
+            proc = image_only_processor_cls(cls_name).from_pretrained(name_or_path, revision=revision)
+        except (AttributeError, ImportError, TypeError, ValueError, OSError) as exc:
+            raise BpoError(f"cannot load a processor from {name_or_path!r} ({first_line(exc)})") from None
     if getattr(proc, "chat_template", None) is None and getattr(proc.tokenizer, "chat_template", None) is None:
         raise BpoError(f"{name_or_path!r} has no chat template; bpo renders prompts with the processor's chat "
                        "template: add one to the processor (processor.chat_template = ...; save_pretrained)")
@@ -111,7 +162,7 @@ def load_model(name_or_path: str, *, dtype: str = "float32", adapter: str | None
     try:
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise BpoError(f"cannot load model {name_or_path!r}: {msg}") from None
     if adapter:
         model = attach_adapter(model, adapter)

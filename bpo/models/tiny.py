@@ -120,24 +120,13 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     return out
 
 
-def _fix_processor_class(out: Path, name: str) -> None:
-    # Save under the stock class name so machines with torchvision load the stock processor.
-    import json
-
-    f = out / "processor_config.json"
-    if f.is_file():
-        data = json.loads(f.read_text())
-        data["processor_class"] = name
-        f.write_text(json.dumps(data, indent=2))
-
-
 def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Save a tiny Qwen2-VL (M-RoPE, dynamic-resolution vision) with its processor to ``out_dir``."""
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from bpo.models.loading import _qwen2vl_image_only_processor_cls
+    from bpo.models.loading import image_only_processor_cls
 
     out = Path(out_dir)
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -165,8 +154,8 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14,
                                                merge_size=2, temporal_patch_size=2)
-    processor = _qwen2vl_image_only_processor_cls()(image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE)
+    processor = image_only_processor_cls("Qwen2VLProcessor")(image_processor=image_processor, tokenizer=tok,
+                                                             chat_template=QWEN_CHAT_TEMPLATE)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
-    _fix_processor_class(out, "Qwen2VLProcessor")
+    processor.save_pretrained(out)  # saved under the stock name Qwen2VLProcessor
     return out

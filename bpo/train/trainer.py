@@ -64,8 +64,12 @@ class Trainer:
                            "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)")
         set_seed(cfg.run.seed)
         self._read_records()  # cheap checks first: never load a 7B model to find a malformed line
-        self._load_model()
+        from bpo.models.loading import load_processor
+
+        # Encode before the model loads: a record the chat template or processor rejects costs no model load.
+        self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         self._load_data()
+        self._load_model()
         self._build_optimizer()
         from bpo.train.ref_cache import build_reference_cache
 
@@ -80,7 +84,8 @@ class Trainer:
         from bpo.models.loading import load_model, load_processor
 
         cfg = self.cfg
-        self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+        if getattr(self, "processor", None) is None:
+            self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         model = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                            attn_implementation=cfg.model.attn_implementation)
         if cfg.model.adapter:
