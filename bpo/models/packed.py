@@ -21,7 +21,7 @@ an already built 4-D mask as it is (``masking_utils._preprocess_mask_arguments``
   row with no padding between them (blocks across examples are skipped, not computed); the row is padded
   only to a multiple of 128 tokens to bound recompilations of the flex kernel.
 
-Logits are computed only where they are used: the forward returns the final hidden states, the positions
+Logits are computed only where they are used: the decoder's final hidden states are taken, the positions
 that predict a response token are gathered, and ``lm_head`` + log-softmax run over them in chunks
 (:func:`chunked_target_logps`), each chunk recomputed in the backward pass, so a ``[tokens, vocab]`` fp32
 tensor is never held whole. Models or backends not verified here fall back to plain rows
@@ -48,6 +48,10 @@ _LLAVA_FAMILY = {"llava", "llava_next", "llava_onevision", "vipllava"}
 _MROPE = {"qwen2_vl", "qwen2_5_vl"}
 # Backends that take a custom 4-D mask (tensor or BlockMask) as given.
 _MASK_BACKENDS = {"sdpa", "eager", "flex_attention"}
+# Families whose attention is not plain causal text attention; they use plain rows until the mask covers them.
+_OWN_MASK_RULES = {"gemma3": "bidirectional attention within each image and sliding-window layers",
+                   "mllama": "cross-attention to the image", "idefics2": "perceiver-resampled images",
+                   "paligemma": "a bidirectional prefix"}
 FLEX_BLOCK = 128
 
 
@@ -84,13 +88,30 @@ def unsupported_reason(model) -> str | None:
         text_kind = getattr(getattr(config, "text_config", None), "model_type", None)
         if text_kind not in _TEXT_BACKBONES:
             return f"{kind} with a {text_kind!r} language model is not verified for packed responses"
+    elif kind in _OWN_MASK_RULES:
+        return f"{kind}: {_OWN_MASK_RULES[kind]}; the packed mask does not reproduce them yet"
     elif kind not in _TEXT_BACKBONES:
-        return f"model type {kind!r} is not verified for packed responses (its attention mask rules differ)"
+        return f"model type {kind!r} is not verified for packed responses"
+    sliding = _sliding_window(config)
+    if sliding:
+        return f"sliding-window attention ({sliding}) is not in the packed mask"
     backend = attn_backend(base)
     if backend not in _MASK_BACKENDS:
         return f"attention backend {backend!r} takes no custom mask (use sdpa or flex_attention)"
     if base.get_output_embeddings() is None:
         return "no lm_head (get_output_embeddings) to score response positions with"
+    return None
+
+
+def _sliding_window(config) -> str | None:
+    """Whether the language model has sliding-window layers (the custom mask would silently drop them)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None) or []
+    window = getattr(text, "sliding_window", None)
+    if "sliding_attention" in types:
+        return f"window {window}"
+    if getattr(text, "model_type", None) == "mistral" and window is not None:
+        return f"window {window}"
     return None
 
 
@@ -265,7 +286,8 @@ def _mrope_positions(base, batch: PackedBatch, prompt: dict, doc, pos):
 
 
 def _chunk_logps(hidden, targets, head, softcap):
-    logits = head(hidden).float()
+    # in the head's dtype: outside autocast (the reference pass) a bf16 head cannot take fp32 input
+    logits = head(hidden.to(head.weight.dtype)).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     # gather - logsumexp: no log-softmax output of the chunk's full width is kept
@@ -289,6 +311,42 @@ def chunked_target_logps(hidden: torch.Tensor, targets: torch.Tensor, head, *, c
     return torch.cat(out) if out else hidden.new_zeros((0,), dtype=torch.float32)
 
 
+class _GrabHidden:
+    """A forward hook on the decoder that keeps its ``last_hidden_state`` while ``on``.
+
+    Registered once per decoder (a new hook per call would make ``torch.compile`` recompile), and only
+    armed around the packed forward, so plain-row forwards keep no extra reference. The model's own
+    outputs are not used for this: accelerate's mixed-precision wrapper converts every output tensor to
+    fp32, ``hidden_states`` of all layers included, which would cost a copy of each layer's activations.
+    """
+
+    def __init__(self):
+        self.on, self.value = False, None
+
+    def __call__(self, module, args, output):
+        if self.on:
+            self.value = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+def _final_hidden(model, base, **kwargs) -> torch.Tensor:
+    decoder = base.get_decoder()
+    grab = getattr(decoder, "_bpo_grab_hidden", None)
+    if grab is None:
+        grab = _GrabHidden()
+        decoder.register_forward_hook(grab)
+        decoder._bpo_grab_hidden = grab
+    grab.on = True
+    try:
+        # logits_to_keep=1: the model's own lm_head runs on one position per row; its output is dropped
+        model(**kwargs, logits_to_keep=1, use_cache=False)
+        hidden = grab.value
+    finally:
+        grab.on, grab.value = False, None
+    if hidden is None:
+        raise RuntimeError(f"{type(decoder).__name__} returned no last_hidden_state")
+    return hidden
+
+
 def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each response and its token count: ``([R], [R])``, like ``row_logps``."""
     device, dtype = model_device(model), model_dtype(model)
@@ -304,10 +362,7 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> 
     else:
         position_ids = pos
     mask = attention_mask_for(backend, doc, seg, dtype)
-    out = model(**inputs, attention_mask=mask, position_ids=position_ids, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
-    hidden = out.hidden_states[-1]  # after the final norm (transformers ties it to last_hidden_state)
-    del out
+    hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)

@@ -347,3 +347,97 @@ def test_group_by_length_cuts_padding_on_skewed_lengths():
     grouped_pad = _pad_tokens(examples, grouped)
     assert sorted(i for b in grouped for i in b) == list(range(400))  # same examples, only regrouped
     assert grouped_pad < 0.5 * random_pad, (grouped_pad, random_pad)
+
+
+# ---- the other families: LLaVA-NeXT (anyres, image_sizes), Qwen2.5-VL, Gemma 3 -----------------------
+@pytest.fixture(scope="module")
+def mixed_size_images(tmp_path_factory):
+    """Images of three aspect ratios, so LLaVA-NeXT picks different anyres grids (different patch counts)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed_images")
+    for name, size, rgb in (("red.png", (40, 32), (220, 20, 20)), ("green.png", (24, 64), (20, 200, 40)),
+                            ("blue.png", (80, 28), (30, 40, 230))):
+        img = Image.new("RGB", size, rgb)
+        img.putpixel((3, 3), (255, 255, 255))
+        img.save(root / name)
+    return str(root)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen25vl"])
+def test_parity_other_families(tiny_family, mixed_size_images, family):
+    """Full fine-tuning and LoRA, K = 3, 1, 2 in one batch, a multi-turn prompt, images of different sizes."""
+    from peft import LoraConfig, get_peft_model
+
+    model, proc = load(tiny_family(family))
+    model = model.float().train()
+    enc = Encoder(proc, mixed_size_images, max_length=4096)
+    examples = _mixed([enc.encode(r) for r in _records(3)])
+    pad = proc.tokenizer.pad_token_id
+    if family == "llava_next":
+        sizes = {tuple(e.vision["image_sizes"].flatten().tolist()) for e in examples}
+        assert len(sizes) == 3 and len({e.vision["pixel_values"].shape[1] for e in examples}) > 1  # anyres grids
+    assert unsupported_reason(model) is None
+    _assert_parity(_run(example_logps, model, examples, pad), _run(_packed(), model, examples, pad))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(2)) * 0.05)
+    _assert_parity(_run(example_logps, peft_model, examples, pad), _run(packed_example_logps, peft_model,
+                                                                         examples, pad))
+
+
+def test_gemma3_falls_back_with_one_line(tiny_family, image_root):
+    """Gemma 3 attends bidirectionally within an image and has sliding-window layers: plain rows, said once."""
+    model, proc = load(tiny_family("gemma3"))
+    enc = Encoder(proc, image_root, max_length=4096)
+    examples = [enc.encode(r) for r in _records(1)]
+    reason = unsupported_reason(model)
+    assert reason and "gemma3" in reason
+    logs = []
+    path = LogpsPath("auto", log=logs.append)
+    with torch.no_grad():
+        got = path(model, examples, proc.tokenizer.pad_token_id)[0]
+        path(model, examples, proc.tokenizer.pad_token_id)
+        want = example_logps(model, examples, proc.tokenizer.pad_token_id)[0]
+    assert torch.equal(got, want) and len(logs) == 1 and "fast path off" in logs[0]
+
+
+# ---- run.compile -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_forward_matches_eager(tiny_llava, image_root):
+    """``run.compile``: the packed path through the compiled model gives the eager numbers and gradients.
+
+    CPU default backend ``aot_eager`` (dynamo capture and AOT autograd: graph breaks, dynamic shapes, the
+    mask and position tensors traced; ~1 min here). ``BPO_TEST_COMPILE_BACKEND=inductor`` adds code
+    generation, ~5 min for the first step on this shared 2-core box, so it is not the default.
+    """
+    import os
+    import shutil
+
+    import torch._dynamo
+
+    from bpo.models.packed import compile_model
+
+    backend = os.environ.get("BPO_TEST_COMPILE_BACKEND", "aot_eager")
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported on this Python/torch build")
+    if backend == "inductor" and not (shutil.which("g++") or shutil.which("clang++")):
+        pytest.skip("inductor on CPU needs a C++ compiler (none on PATH)")
+    model, proc = load(tiny_llava)
+    enc = Encoder(proc, image_root, max_length=512)
+    examples = _mixed([enc.encode(r) for r in _records(3)])
+    pad = proc.tokenizer.pad_token_id
+    eager = _run(packed_example_logps, model, examples, pad)
+    compile_model(model, backend=backend, log=lambda *_: None)
+    try:
+        compiled = _run(packed_example_logps, model, examples, pad)
+    finally:
+        torch._dynamo.reset()
+    assert (eager[0] - compiled[0]).abs().max().item() <= 1e-5
+    # a compiled graph returns zeros where eager autograd leaves None (the unused last vision layer)
+    names = set(eager[3]) | set(compiled[3])
+    zero = torch.zeros(())
+    worst = max((eager[3].get(n, zero) - compiled[3].get(n, zero)).abs().max().item() for n in names)
+    assert worst <= 1e-4 and set(eager[3]) <= set(compiled[3])
