@@ -299,11 +299,11 @@ def chunked_target_logps(hidden: torch.Tensor, targets: torch.Tensor, head, *, c
     """log p(target) for ``hidden [M, H]``, ``chunk`` rows at a time; with grad, each chunk is recomputed in
     the backward pass (activation checkpointing), so only one chunk's ``[chunk, vocab]`` logits live at once."""
     vocab = head.weight.shape[0]
-    chunk = chunk or max(64, (64 << 20) // (4 * vocab))  # ~64 MiB of fp32 logits per chunk
+    chunk = chunk or max(64, (32 << 20) // (4 * vocab))  # ~32 MiB of fp32 logits per chunk
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
     out = []
-    for s in range(0, hidden.shape[0], chunk):
-        h, t = hidden[s:s + chunk], targets[s:s + chunk]
+    # split, not slicing: the backward of a slice allocates a zero gradient of the whole [M, H] per chunk
+    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
         if grad:
             out.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
         else:

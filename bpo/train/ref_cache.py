@@ -66,6 +66,8 @@ def reference_fingerprint(cfg, processor, model=None) -> tuple[str, dict]:
         "precision": cfg.run.precision,
         "attn_implementation": cfg.model.attn_implementation,
     }
+    if cfg.run.precision == "bf16":  # frozen weights are stored in bf16 since then: other reference values
+        ingredients["frozen_weights"] = "bfloat16"
     return stable_hash(ingredients), ingredients
 
 

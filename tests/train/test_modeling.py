@@ -1,5 +1,6 @@
 """bf16 storage of frozen weights under run.precision=bf16; trainable weights stay fp32."""
 
+import pytest
 import torch
 
 from bpo.models.loading import load_model
@@ -20,7 +21,18 @@ def test_cast_frozen_keeps_trainable_fp32(tiny_llava):
     assert any("lora_A" in name for name, p in params.items() if p.requires_grad)
 
 
-def test_bf16_run_stores_frozen_weights_in_bf16_and_trains(tiny_llava, pref_file, image_root, tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state: a bf16 Accelerator here would refuse every later fp32 one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_run_stores_frozen_weights_in_bf16_and_trains(tiny_llava, pref_file, image_root, tmp_path,
+                                                           fresh_accelerate_state):
     cfg = make_cfg(tiny_llava, pref_file, image_root, tmp_path / "run", "run.max_steps=2", "run.precision=bf16",
                    "run.ref_cache=off")
     tr = Trainer(cfg, log=lambda *_: None).setup()
