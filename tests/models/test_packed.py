@@ -61,7 +61,7 @@ def _run(fn, model, examples, pad_id, **kw):
     """Log-probs and the gradient of a fixed random linear function of them, for every parameter."""
     model.zero_grad(set_to_none=True)
     logps, counts, valid = fn(model, examples, pad_id, **kw)
-    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(0)).to(logps.device)
     (logps * weights).masked_fill(~valid, 0.0).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return logps.detach(), counts, valid, grads
