@@ -814,6 +814,7 @@ def format_section(table: str, checks: dict, results: dict, shape: dict, args, t
     heads = f", {shape['heads']} heads" if "heads" in shape else ""
     order = ", ".join(v[0] for v in VARIANTS + OPTIONAL_VARIANTS if v[0] in labels)
     lora = lora_of(shape)
+    bf16_note = " (frozen weights stored in bf16 on both sides)" if shape["precision"] == "bf16" else ""
     words = shape.get("words", (12, 20))
     vis = (f"CLIP {shape.get('vision_layers', 2)} layers x {shape['vision_hidden']}" if "vision_layers" in shape
            else f"vision width {shape['vision_hidden']}")
@@ -838,7 +839,7 @@ tokens per prompt ({vis}), Llama hidden {shape['hidden']} x {shape['layers']} \
 layers{heads}{vocab}; {shape['records']} records with one image, a short question, responses of {words[0]}-{words[1]} \
 words (~{2 * words[0]}-{2 * words[1]} tokens).{init}
 - Same for both: LoRA r={lora['r']}, alpha={lora['alpha']}, dropout 0 on every Linear of the language model; \
-precision {shape['precision']} (bf16: frozen weights stored in bf16 on both sides); max_length {MAX_LENGTH}; AdamW, \
+precision {shape['precision']}{bf16_note}; max_length {MAX_LENGTH}; AdamW, \
 constant LR, clipping 1.0; no gradient checkpointing; no TRL precompute. bpo: {shape['batch']} examples per step; \
 TRL: the same {shape['batch']} x K pairs per step, one row per pair.{accum}
 - Device: {device}; torch {torch.__version__} with {threads} thread(s), transformers \
