@@ -166,6 +166,21 @@ def packed_length(ex: EncodedExample) -> int:
     return len(ex.prompt_ids) + sum(map(len, ex.response_ids))
 
 
+def _prompt_batch(examples: list[EncodedExample], pad_id: int, keys: list[str], width: int) -> dict:
+    """The prompts alone, right-padded: what ``get_rope_index`` reads for M-RoPE positions."""
+    prompt = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
+              "attention_mask": torch.zeros((len(examples), width), dtype=torch.long)}
+    for k in keys:
+        prompt[k] = torch.zeros((len(examples), width), dtype=torch.long)
+    for e, ex in enumerate(examples):
+        p = len(ex.prompt_ids)
+        prompt["input_ids"][e, :p] = torch.tensor(ex.prompt_ids)
+        prompt["attention_mask"][e, :p] = 1
+        for k in keys:
+            prompt[k][e, :p] = torch.tensor(ex.token_extras[k])
+    return prompt
+
+
 def collate_packed(examples: list[EncodedExample], pad_id: int, capacity: int | None = None,
                    multiple_of: int = 1) -> PackedBatch:
     """Lay ``examples`` out in rows; ``capacity`` None = one example per row (padding), else packed rows."""
@@ -209,16 +224,7 @@ def collate_packed(examples: list[EncodedExample], pad_id: int, capacity: int | 
                 resp_idx.append(k)
                 slot += 1
                 t += m
-    prompt = {"input_ids": torch.full((len(order), p_max), pad_id, dtype=torch.long),
-              "attention_mask": torch.zeros((len(order), p_max), dtype=torch.long)}
-    for k in keys:
-        prompt[k] = torch.zeros((len(order), p_max), dtype=torch.long)
-    for e, i in enumerate(order):
-        p = len(examples[i].prompt_ids)
-        prompt["input_ids"][e, :p] = torch.tensor(examples[i].prompt_ids)
-        prompt["attention_mask"][e, :p] = 1
-        for k in keys:
-            prompt[k][e, :p] = torch.tensor(examples[i].token_extras[k])
+    prompt = _prompt_batch([examples[i] for i in order], pad_id, keys, p_max)
     inputs = {"input_ids": ids, **extras}
     vision = [examples[i].vision for i in order if examples[i].vision]
     if vision:
@@ -367,7 +373,8 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> 
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)
     n_rows = batch.example_index.shape[0]
-    sums = torch.zeros((n_rows,), dtype=lp.dtype, device=lp.device).index_add(0, owner, lp)
+    # fp64 sums rounded once, as in row_logps (the order of fp32 additions would differ between the paths)
+    sums = torch.zeros((n_rows,), dtype=torch.float64, device=lp.device).index_add(0, owner, lp.double()).float()
     counts = torch.zeros((n_rows,), dtype=torch.long, device=lp.device).index_add(0, owner, torch.ones_like(owner))
     return sums, counts
 
