@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where a ``bpo train`` step's time goes: shared-prefix vs plain-rows log-probs, host vs device.
+"""Where a ``bpo train`` step's time goes: packed vs plain-rows log-probs, host vs device.
 
 A diagnostic next to ``train_throughput.py`` (same fixtures, same trainer settings, reference forward every
 step), run in one process per invocation. For each ``run.fast_path`` it reports, per optimizer step:
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override fields of the size (hidden=64 layers=2 ...); use a separate --work")
     p.add_argument("--k", type=int, default=1)
-    p.add_argument("--paths", nargs="+", default=["shared", "plain"], choices=["shared", "plain"])
+    p.add_argument("--paths", nargs="+", default=["packed", "plain"], choices=["packed", "plain"])
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8, help="timed steps without the profiler")
     p.add_argument("--profile-steps", type=int, default=3)

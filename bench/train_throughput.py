@@ -55,9 +55,21 @@ SIZES = {
     "gpu-large": dict(image_size=336, patch_size=14, hidden=2048, layers=16, vision_hidden=1024, heads=16,
                       kv_heads=16, records=64, batch=8, steps=8, warmup=2, repeats=1, precision="bf16",
                       threads=None),
+    # LLaVA-1.5-7B's shape: CLIP-L/336 (24 layers, 1024 wide, 16 heads, MLP 4096; 576 image tokens), Llama
+    # 4096 x 32 layers, 32 heads, MLP 11008, vocab 32064; LoRA r 64 on every linear of the language model (the
+    # shipped recipe); responses of 60-120 tokens like LLaVA descriptions. Random weights initialised directly in
+    # bf16 on the GPU (`random_init`: only config + processor on disk). TRL's 8 x K pair rows do not fit in one
+    # forward at K = 3 (~200 GB of activations), so TRL gets 8 pairs per forward and K micro-batches of
+    # gradient accumulation per step (`trl_accum`): the same 8 x K pairs per optimizer step.
+    "7b": dict(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
+               vision_intermediate=4096, hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32,
+               vocab_size=32064, records=32, batch=8, steps=5, warmup=2, repeats=1, precision="bf16",
+               threads=None, words=(30, 60), lora_r=64, lora_alpha=16, random_init=True, trl_accum=True,
+               check=False),
 }
 # Optional SIZES keys passed to bpo.models.tiny.make_llava when present (build_tiny_llava does not take them).
-MODEL_EXTRAS = ("heads", "kv_heads", "intermediate", "vision_layers")
+MODEL_EXTRAS = ("heads", "kv_heads", "intermediate", "vision_layers", "vision_heads", "vision_intermediate",
+                "vocab_size")
 LORA = dict(r=16, alpha=32)
 MAX_LENGTH = 1024
 BETA = 0.1
@@ -82,14 +94,16 @@ def prepare(work: Path, size: str) -> dict:
     if not data.exists():
         _write_data(work, shape)
     adapter = work / "adapter"
-    if not (adapter / "adapter_config.json").exists():
-        _write_adapter(model_dir, adapter)
+    if shape.get("check", True) and not (adapter / "adapter_config.json").exists():
+        _write_adapter(model_dir, adapter, shape)
     return {"model": str(model_dir), "data": str(data), "images": str(work / "images"),
             "adapter": str(adapter)}
 
 
 def build_model(model_dir: Path, shape: dict) -> None:
-    """The random LLaVA of this size: ``build_tiny_llava``, or ``make_llava`` when the size sets heads etc."""
+    """The random LLaVA of this size: ``build_tiny_llava``, or ``make_llava`` when the size sets heads etc.
+
+    ``random_init`` sizes save the config and processor only; :func:`load_random` makes the weights."""
     from bpo.models.tiny import build_tiny_llava, build_tokenizer, make_llava
 
     dims = dict(image_size=shape["image_size"], patch_size=shape["patch_size"], hidden=shape["hidden"],
@@ -98,9 +112,47 @@ def build_model(model_dir: Path, shape: dict) -> None:
     if not extras:
         build_tiny_llava(model_dir, **dims)
         return
+    if shape.get("random_init"):
+        config, processor = make_llava(build_tokenizer(["<image>"]), **dims, **extras, max_positions=4096,
+                                       build=False)
+        config.save_pretrained(model_dir)
+        processor.save_pretrained(model_dir)
+        return
     model, processor = make_llava(build_tokenizer(["<image>"]), **dims, **extras)
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
+
+
+def load_random(model_dir: str, dtype="bfloat16"):
+    """A random LLaVA from ``model_dir``'s config, initialised in ``dtype`` directly on the GPU (seed 0, so
+    every process gets the same weights); no weights on disk, no host round trip."""
+    import torch
+    from transformers import AutoConfig, LlavaForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(config, dtype=getattr(torch, str(dtype)))
+    return model.eval()
+
+
+def _load_llava(fx: dict, shape: dict, dtype):
+    """The benchmark's model for TRL: from disk, or random on the GPU for ``random_init`` sizes."""
+    from transformers import LlavaForConditionalGeneration
+
+    if shape.get("random_init"):
+        return load_random(fx["model"], str(dtype).replace("torch.", ""))
+    return LlavaForConditionalGeneration.from_pretrained(fx["model"], dtype=dtype)
+
+
+def _patch_bpo_loader(shape: dict) -> None:
+    """``random_init`` sizes: bpo's trainer gets the random GPU model instead of reading weights."""
+    if not shape.get("random_init"):
+        return
+    from bpo.models import loading
+
+    loading.load_model = lambda name, dtype=None, **kw: load_random(name, "bfloat16")
 
 
 def _sentence(rng: random.Random, n_words: int) -> str:
@@ -112,6 +164,7 @@ def _write_data(work: Path, shape: dict) -> None:
     from PIL import Image, ImageDraw
 
     rng = random.Random(0)
+    words = shape.get("words", (12, 20))
     (work / "images").mkdir(exist_ok=True)
     rows = []
     for i in range(shape["records"]):
@@ -125,8 +178,8 @@ def _write_data(work: Path, shape: dict) -> None:
         prompt = [{"role": "user", "content": [{"type": "image"},
                                                {"type": "text", "text": rng.choice(_QUESTIONS)}]}]
         rows.append({"id": f"b{i}", "images": [f"{i}.png"], "prompt": prompt,
-                     "chosen": _sentence(rng, rng.randint(12, 20)),
-                     "rejected": [{"text": _sentence(rng, rng.randint(12, 20)), "source": s}
+                     "chosen": _sentence(rng, rng.randint(*words)),
+                     "rejected": [{"text": _sentence(rng, rng.randint(*words)), "source": s}
                                   for s in ("weakened", "injected", "weakened")]})
     with open(work / "prefs_k3.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -138,7 +191,11 @@ def _lora_targets(model) -> list[str]:
     return lora_target_modules(model, ["all-linear"])
 
 
-def _write_adapter(model_dir: Path, out: Path) -> None:
+def lora_of(shape: dict) -> dict:
+    return {"r": shape.get("lora_r", LORA["r"]), "alpha": shape.get("lora_alpha", LORA["alpha"])}
+
+
+def _write_adapter(model_dir: Path, out: Path, shape: dict) -> None:
     """A LoRA adapter with non-zero B, so policy (base + adapter) and reference (base) differ at step 0."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -146,7 +203,8 @@ def _write_adapter(model_dir: Path, out: Path) -> None:
     from bpo.models.loading import load_model
 
     model = load_model(str(model_dir))
-    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, bias="none",
+    lora = lora_of(shape)
+    cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, bias="none",
                      target_modules=_lora_targets(model))
     peft_model = get_peft_model(model, cfg)
     gen = torch.Generator().manual_seed(0)
@@ -169,15 +227,16 @@ def subset_k(data: str, k: int, work: Path) -> str:
 
 
 # ---- the two trainers ----------------------------------------------------------------------------------
-def bpo_config(fx: dict, data: str, out: str, *, batch: int, steps: int, precision: str, extra=()):
+def bpo_config(fx: dict, data: str, out: str, *, batch: int, steps: int, precision: str, extra=(), lora=None):
     from bpo.config import load_config
     from bpo.train.config import TrainConfig
 
+    lora = lora or LORA
     return load_config(TrainConfig, None, [
         f"model.name={fx['model']}", f"data.train={data}", f"data.image_root={fx['images']}",
         f"data.max_length={MAX_LENGTH}", f"run.output_dir={out}", f"run.batch_size={batch}",
         f"run.max_steps={steps}", f"run.precision={precision}", "run.progress=false", "run.tensorboard=false",
-        "run.resume=none", f"lora.r={LORA['r']}", f"lora.alpha={LORA['alpha']}", "lora.dropout=0.0",
+        "run.resume=none", f"lora.r={lora['r']}", f"lora.alpha={lora['alpha']}", "lora.dropout=0.0",
         f"optim.lr={LR}", "optim.warmup_steps=0", "optim.scheduler=constant", f"loss.beta={BETA}", *extra])
 
 
@@ -204,20 +263,24 @@ def trl_rows(fx: dict, data: str, processor) -> list[dict]:
 
 
 def trl_trainer(fx: dict, data: str, out: str, *, batch_pairs: int, steps: int, precision: str,
-                adapter: bool = False, callbacks=()):
+                adapter: bool = False, callbacks=(), shape=None, grad_accum: int = 1):
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from transformers import LlavaForConditionalGeneration
     from trl import DPOConfig, DPOTrainer
 
     from bpo.models.loading import load_processor
 
+    shape = shape or {}
     processor = load_processor(fx["model"])
     rows = trl_rows(fx, data, processor)
     dataset = Dataset.from_list(rows)
-    model = LlavaForConditionalGeneration.from_pretrained(fx["model"], dtype=torch.float32)
+    # bf16 runs: bf16 weights for TRL too (bpo stores its frozen weights in bf16 under run.precision=bf16)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = _load_llava(fx, shape, dtype)
+    lora = lora_of(shape)
     args = DPOConfig(output_dir=out, per_device_train_batch_size=batch_pairs, max_steps=steps, learning_rate=LR,
+                     gradient_accumulation_steps=grad_accum,
                      lr_scheduler_type="constant", warmup_steps=0, beta=BETA, max_length=MAX_LENGTH,
                      gradient_checkpointing=False, bf16=precision == "bf16", logging_steps=10_000,
                      save_strategy="no", report_to="none", disable_tqdm=True, seed=0, max_grad_norm=1.0,
@@ -225,9 +288,9 @@ def trl_trainer(fx: dict, data: str, out: str, *, batch_pairs: int, steps: int, 
     kwargs = {}
     if adapter:  # policy = base + adapter; reference = a separate base model (not a copy of the adapter)
         model = PeftModel.from_pretrained(model, fx["adapter"], is_trainable=True)
-        kwargs["ref_model"] = LlavaForConditionalGeneration.from_pretrained(fx["model"], dtype=torch.float32)
+        kwargs["ref_model"] = _load_llava(fx, shape, dtype)
     else:
-        kwargs["peft_config"] = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0, bias="none",
+        kwargs["peft_config"] = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, bias="none",
                                            target_modules=_lora_targets(model))
     return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
                       callbacks=list(callbacks), **kwargs), rows
@@ -257,6 +320,58 @@ def _peak_memory_mib() -> dict:
     return out
 
 
+class StepProfiler:
+    """torch.profiler over one optimizer step (the one after step ``at``): aten ops and kernel launches.
+
+    The step it records is not among the timed ones (the profiler slows a step down). Each leaf aten op is one
+    or more kernel launches on a GPU, so on a CPU the op count is what carries over; on CUDA the launches
+    (``cudaLaunchKernel`` / ``cuLaunchKernel``) are counted too.
+    """
+
+    def __init__(self, at: int):
+        self.at, self.prof, self.counts = at, None, {}
+
+    def after_step(self, done: int) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        if done == self.at:
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.prof = profile(activities=acts)
+            self.prof.__enter__()
+        elif done == self.at + 1 and self.prof is not None:
+            self.prof.__exit__(None, None, None)
+            avg = self.prof.key_averages()
+            self.counts = {"aten_ops": sum(e.count for e in avg if e.key.startswith("aten::")),
+                           "kernel_launches": sum(e.count for e in avg
+                                                  if e.key.startswith(("cudaLaunchKernel", "cuLaunchKernel")))}
+            self.prof = None
+
+    def result(self) -> dict:
+        return dict(self.counts)
+
+
+def model_work(tr) -> dict:
+    """What the FLOP count needs: parameter counts and the data's token counts (per example, averaged)."""
+    from bpo.models.packed import hf_model
+    from bpo.train.modeling import language_model_prefix, vision_prefix
+
+    base = hf_model(tr.policy)
+    lm, vis = language_model_prefix(base), vision_prefix(base)
+    named = dict(base.named_parameters())
+    n_lm = sum(p.numel() for n, p in named.items() if n.startswith(lm + ".") and "embed_tokens" not in n
+               and "lora_" not in n)
+    n_vis = sum(p.numel() for n, p in named.items() if vis and n.startswith(vis + "."))
+    head = base.get_output_embeddings().weight
+    exs = tr.examples
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"n_lm": n_lm, "n_vis": n_vis, "n_head": head.numel(),
+            "image_tokens": mean([ex.n_image_tokens for ex in exs]),
+            "prompt": mean([len(ex.prompt_ids) for ex in exs]),
+            "responses": [mean([len(ex.response_ids[k]) for ex in exs]) for k in range(4)
+                          if all(len(ex.response_ids) > k for ex in exs)]}
+
+
 def worker_bpo(job: dict) -> dict:
     import torch
 
@@ -265,18 +380,21 @@ def worker_bpo(job: dict) -> dict:
     from bpo.train import ref_cache
     from bpo.train.trainer import Trainer
 
-    fx, shape = job["fx"], SIZES[job["size"]]
-    extra = [f"run.fast_path={job['fast_path']}", f"run.ref_cache='{job['ref_cache']}'"]
-    cfg = bpo_config(fx, job["data"], job["out"], batch=shape["batch"], steps=shape["steps"],
-                     precision=shape["precision"], extra=extra)
+    fx, shape = job["fx"], shape_of(job)
+    _patch_bpo_loader(shape)
+    extra = [f"run.fast_path={job['fast_path']}", f"run.ref_cache='{job['ref_cache']}'", *job.get("extra", [])]
+    cfg = bpo_config(fx, job["data"], job["out"], batch=shape["batch"], steps=shape["steps"] + 1,
+                     precision=shape["precision"], extra=extra, lora=lora_of(shape))
     stamps: list[float] = []
     real_step = Trainer._optimizer_step
+    prof = StepProfiler(at=shape["steps"])  # the step after the timed ones, under torch.profiler
 
     def timed_step(self):
         value = real_step(self)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         stamps.append(_now())
+        prof.after_step(len(stamps) - 1)
         return value
 
     Trainer._optimizer_step = timed_step
@@ -296,8 +414,9 @@ def worker_bpo(job: dict) -> dict:
     setup_s = time.perf_counter() - t0
     stamps.append(_now())
     tr.train()
-    return {"stamps": stamps[1:], "start": stamps[0], "setup_s": setup_s, "prepass_s": prepass["s"],
-            "prepass_computed": prepass.get("computed", 0), **_peak_memory_mib()}
+    return {"stamps": stamps[1:-1], "start": stamps[0], "setup_s": setup_s, "prepass_s": prepass["s"],
+            "prepass_computed": prepass.get("computed", 0), **_peak_memory_mib(), **prof.result(),
+            "work": model_work(tr)}
 
 
 def worker_trl(job: dict) -> dict:
@@ -306,8 +425,10 @@ def worker_trl(job: dict) -> dict:
     _threads(job)
     from transformers import TrainerCallback
 
-    fx, shape = job["fx"], SIZES[job["size"]]
+    fx, shape = job["fx"], shape_of(job)
     stamps: list[float] = []
+
+    prof = StepProfiler(at=shape["steps"])
 
     class Stamp(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -317,13 +438,16 @@ def worker_trl(job: dict) -> dict:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             stamps.append(_now())
+            prof.after_step(len(stamps) - 1)
 
     t0 = time.perf_counter()
-    trainer, _ = trl_trainer(fx, job["data"], job["out"], batch_pairs=shape["batch"] * job["k"],
-                             steps=shape["steps"], precision=shape["precision"], callbacks=[Stamp()])
+    accum = job["k"] if shape.get("trl_accum") else 1
+    trainer, _ = trl_trainer(fx, job["data"], job["out"], batch_pairs=shape["batch"] * job["k"] // accum,
+                             steps=shape["steps"] + 1, precision=shape["precision"], callbacks=[Stamp()],
+                             shape=shape, grad_accum=accum)
     setup_s = time.perf_counter() - t0
     trainer.train()
-    return {"stamps": stamps[1:], "start": stamps[0], "setup_s": setup_s, **_peak_memory_mib()}
+    return {"stamps": stamps[1:-1], "start": stamps[0], "setup_s": setup_s, **_peak_memory_mib(), **prof.result()}
 
 
 def worker_check(job: dict) -> dict:
@@ -368,6 +492,11 @@ def worker_check(job: dict) -> dict:
 WORKERS = {"bpo": worker_bpo, "trl": worker_trl, "check": worker_check}
 
 
+def shape_of(job: dict) -> dict:
+    """The size's settings, with the driver's ``--set`` overrides (workers are fresh interpreters)."""
+    return {**SIZES[job["size"]], **job.get("set", {})}
+
+
 def run_worker(job: dict, env: dict) -> dict:
     """One measured run in a fresh interpreter, so ru_maxrss is this run's own peak."""
     cmd = [sys.executable, __file__, "--worker", json.dumps(job)]
@@ -386,6 +515,10 @@ VARIANTS = [  # (label, kind, fast_path, ref_cache)
     ("bpo + ref cache", "bpo", "auto", "auto"),
     ("bpo plain rows", "bpo", "plain", "off"),
 ]
+OPTIONAL_VARIANTS = [  # selected by name with --variants; the last field: extra bpo config overrides
+    ("bpo flex", "bpo", "packed", "off", ["model.attn_implementation=flex_attention"]),
+    ("bpo compiled", "bpo", "auto", "off", ["run.compile=true"]),
+]
 
 
 def step_times(run: dict, warmup: int, which: int) -> list[float]:
@@ -402,7 +535,50 @@ def summarise(runs: list[dict], warmup: int) -> dict:
             "cpu_runs": cpu,
             "peak_mib": statistics.median(r[mem] for r in runs), "mem_kind": mem,
             "setup_s": statistics.median(r["setup_s"] for r in runs),
-            "prepass_s": max(r.get("prepass_s", 0.0) for r in runs)}
+            "prepass_s": max(r.get("prepass_s", 0.0) for r in runs),
+            "aten_ops": _median_of(runs, "aten_ops"), "kernel_launches": _median_of(runs, "kernel_launches"),
+            "work": next((r["work"] for r in runs if "work" in r), None)}
+
+
+def _median_of(runs: list[dict], key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+# bf16 dense peak (no sparsity) of the chips we may be lent, FLOP/s
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def step_flops(label: str, work: dict, k: int, batch: int) -> float:
+    """Matrix FLOPs of one optimizer step of ``label`` on its own tokens (what its layout makes it compute).
+
+    Language model: 2 x params x tokens per forward; the policy pass is forward + the backward's
+    activation gradients (LoRA: the frozen weights get no weight gradient), so 4x, and the reference
+    forward 2x more unless cached. Vision tower (frozen): 2x per forward per image token. lm_head: on
+    the scored (response) tokens only, for every trainer (what the loss uses). Left out: attention
+    scores and LoRA's own small products, so MFU is slightly understated.
+    """
+    p, r, img = work["prompt"], work["responses"][: k + 1], work["image_tokens"]
+    ref = 0 if "ref cache" in label else 1
+    if label.startswith("TRL"):  # one row per pair: prompt + chosen and prompt + rejected, image in each
+        lm = batch * sum(2 * p + r[0] + r[j] for j in range(1, k + 1))
+        scored, images = batch * sum(r[0] + r[j] for j in range(1, k + 1)), 2 * batch * k
+    elif "plain" in label:
+        lm, scored, images = batch * sum(p + x for x in r), batch * sum(r), batch * (k + 1)
+    else:  # packed: the prompt once, every response once
+        lm, scored, images = batch * (p + sum(r)), batch * sum(r), batch
+    lm_passes, vis_passes = 4 + 2 * ref, 2 + 2 * ref
+    return (lm_passes * (work["n_lm"] * lm + work["n_head"] * scored)
+            + vis_passes * work["n_vis"] * img * images)
+
+
+def chip_peak() -> tuple[str, float | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "CPU", None
+    name = torch.cuda.get_device_name(0)
+    return name, next((v for key, v in PEAK_BF16.items() if key in name), None)
 
 
 def main(argv=None) -> int:
@@ -415,6 +591,10 @@ def main(argv=None) -> int:
     p.add_argument("--work", help="where the model, data and runs go (default: BPO_HOME/bench/...)")
     p.add_argument("--write", action="store_true", help="update the '## Training throughput' section of "
                                                         "BENCHMARKS.md")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override fields of the size (hidden=64 layers=2 ...); use a separate --work")
+    p.add_argument("--no-check", action="store_true", help="skip the step-0 loss check (the 7b size skips it: "
+                                                            "three fp32 7B models per process)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -424,7 +604,13 @@ def main(argv=None) -> int:
 
     from bpo.paths import cache_dir
 
-    shape = SIZES[args.size]
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SIZES[args.size]:
+            p.error(f"--set {item}: no such field in size {args.size!r}")
+        overrides[key] = int(value) if value.lstrip("-").isdigit() else value
+    SIZES[args.size] = shape = {**SIZES[args.size], **overrides}
     work = Path(args.work) if args.work else cache_dir("bench") / f"train_throughput-{args.size}"
     fx = prepare(work, args.size)
     env = dict(os.environ, BPO_HOME=str(work / "home"), TOKENIZERS_PARALLELISM="false",
@@ -432,22 +618,29 @@ def main(argv=None) -> int:
     import shutil
 
     shutil.rmtree(work / "home" / "ref_logps", ignore_errors=True)  # the first cached run pays the pre-pass
-    variants = [v for v in VARIANTS if not args.variants or v[0] in args.variants]
+    known = VARIANTS + OPTIONAL_VARIANTS
+    unknown = set(args.variants or []) - {v[0] for v in known}
+    if unknown:
+        p.error(f"--variants: unknown {sorted(unknown)}; known: {', '.join(v[0] for v in known)}")
+    variants = [v for v in known if v[0] in args.variants] if args.variants else list(VARIANTS)
     repeats = args.repeats or shape["repeats"]
     threads = args.threads or shape["threads"]
     t_start, load0 = time.perf_counter(), os.getloadavg()[0]
     checks, results = {}, {}
     for k in args.k:
         data = subset_k(fx["data"], k, work)
-        checks[k] = run_worker({"kind": "check", "fx": fx, "size": args.size, "k": k, "data": data,
-                                "out": str(work / "runs" / f"check-k{k}"), "threads": threads}, env)
-        print(f"K={k} step-0 loss: bpo {checks[k]['bpo_loss']:.6f}  TRL {checks[k]['trl_loss']:.6f}  "
-              f"same tokens: {checks[k]['same_tokens']}", flush=True)
+        if shape.get("check", True) and not args.no_check:
+            checks[k] = run_worker({"kind": "check", "fx": fx, "size": args.size, "k": k, "data": data,
+                                    "out": str(work / "runs" / f"check-k{k}"), "threads": threads, "set": overrides},
+                                   env)
+            print(f"K={k} step-0 loss: bpo {checks[k]['bpo_loss']:.6f}  TRL {checks[k]['trl_loss']:.6f}  "
+                  f"same tokens: {checks[k]['same_tokens']}", flush=True)
         runs: dict[str, list] = {v[0]: [] for v in variants}
         for rep in range(repeats):
-            for label, kind, fast, cache in variants:
+            for label, kind, fast, cache, *more in variants:
                 job = {"kind": kind, "fx": fx, "size": args.size, "k": k, "data": data, "fast_path": fast,
-                       "ref_cache": cache, "out": str(work / "runs" / f"{kind}-k{k}-{rep}"), "threads": threads}
+                       "ref_cache": cache, "out": str(work / "runs" / f"{kind}-k{k}-{rep}"), "threads": threads,
+                       "extra": more[0] if more else [], "set": overrides}
                 r = run_worker(job, env)
                 runs[label].append(r)
                 print(f"  K={k} rep {rep} {label}: {statistics.median(step_times(r, shape['warmup'], 0)):.3f} "
@@ -463,10 +656,14 @@ def main(argv=None) -> int:
 
 
 def format_table(results: dict, shape: dict) -> str:
+    _, peak = chip_peak()
+    flops_head = "MFU" if peak else "TFLOP/s"
     lines = ["| K | trainer | pairs/step | s/step | pairs/s | vs TRL | CPU s/step | vs TRL (CPU) | "
-             "peak memory MiB | vs TRL |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"peak memory MiB | vs TRL | aten ops/step | kernel launches/step | {flops_head} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, by_label in results.items():
         trl = by_label.get("TRL DPOTrainer")
+        work = next((s["work"] for s in by_label.values() if s.get("work")), None)
         for label, s in by_label.items():
             pairs = shape["batch"] * k
             rate = pairs / s["s_per_step"]
@@ -474,29 +671,61 @@ def format_table(results: dict, shape: dict) -> str:
             cpu_ratio = f"{trl['cpu_per_step'] / s['cpu_per_step']:.2f}x" if trl else "-"
             mem_ratio = f"{s['peak_mib'] / trl['peak_mib']:.2f}x" if trl else "-"
             kind = "GPU" if s["mem_kind"] == "gpu_mib" else "RSS"
+            ops = f"{s['aten_ops']:,.0f}" if s.get("aten_ops") else "-"
+            launches = f"{s['kernel_launches']:,.0f}" if s.get("kernel_launches") else "-"
+            achieved = step_flops(label, work, k, shape["batch"]) / s["s_per_step"] if work else None
+            fl = "-" if achieved is None else (f"{100 * achieved / peak:.1f} %" if peak else f"{achieved / 1e12:.3f}")
             lines.append(f"| {k} | {label} | {pairs} | {s['s_per_step']:.3f} | {rate:.1f} | {ratio} | "
-                         f"{s['cpu_per_step']:.3f} | {cpu_ratio} | {s['peak_mib']:.0f} ({kind}) | {mem_ratio} |")
+                         f"{s['cpu_per_step']:.3f} | {cpu_ratio} | {s['peak_mib']:.0f} ({kind}) | {mem_ratio} | "
+                         f"{ops} | {launches} | {fl} |")
     return "\n".join(lines)
 
 
 LEGEND = {
-    "bpo": "- *bpo*: shared prompt prefix (`run.fast_path=auto`), a reference forward every step "
-           "(`run.ref_cache=off`).",
+    "bpo": "- *bpo*: prompt and all responses packed in one forward (`run.fast_path=auto`), a reference "
+           "forward every step (`run.ref_cache=off`).",
+    "bpo flex": "- *bpo flex*: the same with `model.attn_implementation=flex_attention` (all examples of a "
+                "batch in one row, document mask, no padding between them).",
+    "bpo compiled": "- *bpo compiled*: *bpo* with `run.compile=true`.",
     "bpo + ref cache": "- *bpo + ref cache*: the same with `run.ref_cache=auto`; its one-off pre-pass ({prepass}) "
                        "runs in setup,\n  before the timed steps, and is reused by every later run on the same "
                        "model and data.",
     "bpo plain rows": "- *bpo plain rows*: `run.fast_path=plain`, one row per response as in TRL: bpo without "
-                      "prefix sharing.",
+                      "packing.",
 }
+
+
+def token_ratios(results: dict) -> str:
+    """TRL's real tokens per step over the packed path's, from the data's token counts (no check run)."""
+    out = []
+    for k, r in results.items():
+        work = next((s["work"] for s in r.values() if s.get("work")), None)
+        if work:
+            p, resp = work["prompt"], work["responses"][: k + 1]
+            trl = sum(2 * p + resp[0] + resp[j] for j in range(1, k + 1))
+            out.append(f"K={k}: {trl / (p + sum(resp)):.2f}x")
+    return "; ".join(out)
 
 
 def check_ok(c: dict) -> bool:
     return abs(c["bpo_loss"] - c["trl_loss"]) <= 1e-4 and c["same_tokens"]
 
 
-def target_lines(results: dict) -> list[str]:
+# The issue's targets per size, as ratios in the same run. vs_trl: bpo pairs/s over TRL's per K; cache_vs_trl:
+# bpo + ref cache over TRL; cache_on_top: bpo + ref cache over bpo; mem: peak memory bpo / TRL at most, per K;
+# ops_vs_plain: the packed path's aten ops per step over plain rows' at most; packed_vs_plain: plain rows'
+# s/step over the packed path's at least (no slower); mfu: what the bpo step should reach.
+TARGETS = {
+    "cpu": {"vs_trl": {1: 2.0, 3: 5.0}, "cache_on_top": 1.3, "mem": {1: 1.0, 3: 1.0}, "ops_vs_plain": 1.1},
+    "gpu": {"vs_trl": {1: 1.8, 3: 3.0}, "cache_on_top": 1.3, "mem": {1: 1.0, 3: 1.0}, "packed_vs_plain": 1.0},
+    "gpu-large": {"vs_trl": {1: 1.8, 3: 3.0}, "cache_on_top": 1.3, "mem": {1: 1.0, 3: 1.0}},
+    "7b": {"vs_trl": {1: 1.6, 3: 3.5}, "cache_vs_trl": {1: 2.2}, "mem": {3: 0.5}, "mfu": 0.35},
+}
+
+
+def target_lines(results: dict, size: str = "cpu", shape: dict | None = None) -> list[str]:
     """The issue's targets, with the measured ratio (wall / CPU time) and whether it is met."""
-    out = []
+    out, goals = [], TARGETS.get(size, TARGETS["cpu"])
 
     def ratio(k, num, den, key):
         r = results.get(k, {})
@@ -508,24 +737,43 @@ def target_lines(results: dict) -> list[str]:
         pairs = [d / n for n, d in zip(r[num]["cpu_runs"], r[den]["cpu_runs"])]
         return f"; CPU-time ratio per repeat {min(pairs):.2f}-{max(pairs):.2f}x"
 
-    def line(what, goal, wall, cpu, extra=""):
+    def line(what, goal, num, den, k):
+        wall, cpu = ratio(k, num, den, "s_per_step"), ratio(k, num, den, "cpu_per_step")
         if wall is None:
             return
         ok = "met" if min(wall, cpu) >= goal else ("met on CPU time" if cpu >= goal else "MISSED")
-        out.append(f"- {what}: {wall:.2f}x wall, {cpu:.2f}x CPU time (target >= {goal}x): {ok}{extra}")
+        out.append(f"- {what}: {wall:.2f}x wall, {cpu:.2f}x CPU time (target >= {goal}x): {ok}"
+                   f"{spread(k, num, den)}")
 
-    for k, goal in ((1, 1.8), (3, 3.0)):
-        if "bpo" in results.get(k, {}) and "TRL DPOTrainer" in results.get(k, {}):
-            line(f"K={k} bpo vs TRL pairs/s", goal, ratio(k, "bpo", "TRL DPOTrainer", "s_per_step"),
-                 ratio(k, "bpo", "TRL DPOTrainer", "cpu_per_step"), spread(k, "bpo", "TRL DPOTrainer"))
-    for k in results:
-        if "bpo" in results[k] and "bpo + ref cache" in results[k]:
-            line(f"K={k} ref cache on top of bpo", 1.3, ratio(k, "bpo + ref cache", "bpo", "s_per_step"),
-                 ratio(k, "bpo + ref cache", "bpo", "cpu_per_step"), spread(k, "bpo + ref cache", "bpo"))
+    for k, goal in goals.get("vs_trl", {}).items():
+        line(f"K={k} bpo vs TRL pairs/s", goal, "bpo", "TRL DPOTrainer", k)
+    for k, goal in goals.get("cache_vs_trl", {}).items():
+        line(f"K={k} bpo + ref cache vs TRL pairs/s", goal, "bpo + ref cache", "TRL DPOTrainer", k)
+    if "cache_on_top" in goals:
+        for k in results:
+            line(f"K={k} ref cache on top of bpo", goals["cache_on_top"], "bpo + ref cache", "bpo", k)
+    if "packed_vs_plain" in goals:
+        for k in results:
+            line(f"K={k} packed path vs plain rows (s/step)", goals["packed_vs_plain"], "bpo", "bpo plain rows", k)
     for k, r in results.items():
-        if "bpo" in r and "TRL DPOTrainer" in r:
+        if "ops_vs_plain" in goals and r.get("bpo", {}).get("aten_ops") and r.get("bpo plain rows", {}).get(
+                "aten_ops"):
+            m, goal = r["bpo"]["aten_ops"] / r["bpo plain rows"]["aten_ops"], goals["ops_vs_plain"]
+            out.append(f"- K={k} aten ops per step, packed / plain rows: {r['bpo']['aten_ops']:,.0f} / "
+                       f"{r['bpo plain rows']['aten_ops']:,.0f} = {m:.2f} (target <= {goal}): "
+                       f"{'met' if m <= goal else 'MISSED'}")
+    for k, r in results.items():
+        goal = goals.get("mem", {}).get(k)
+        if goal is not None and "bpo" in r and "TRL DPOTrainer" in r:
             m = r["bpo"]["peak_mib"] / r["TRL DPOTrainer"]["peak_mib"]
-            out.append(f"- K={k} peak memory bpo / TRL: {m:.2f} (target <= 1): {'met' if m <= 1 else 'MISSED'}")
+            out.append(f"- K={k} peak memory bpo / TRL: {m:.2f} (target <= {goal}): {'met' if m <= goal else 'MISSED'}")
+    _, peak = chip_peak()
+    if "mfu" in goals and peak and shape:
+        for k, r in results.items():
+            if r.get("bpo", {}).get("work"):
+                mfu = step_flops("bpo", r["bpo"]["work"], k, shape["batch"]) / r["bpo"]["s_per_step"] / peak
+                out.append(f"- K={k} MFU of the bpo step: {100 * mfu:.1f} % (aim >= {100 * goals['mfu']:.0f} %): "
+                           f"{'met' if mfu >= goals['mfu'] else 'MISSED'}")
     return out
 
 
@@ -540,6 +788,8 @@ def format_section(table: str, checks: dict, results: dict, shape: dict, args, t
                     if getattr(args, name) not in (None, "cpu"))
     if args.k != [1, 3]:
         extra += " --k " + " ".join(map(str, args.k))
+    if args.set:
+        extra += " --set " + " ".join(args.set)
     if args.variants:
         extra += " --variants " + " ".join(f'"{v}"' for v in args.variants)
     cmd = f"python bench/train_throughput.py{extra} --write"
@@ -552,28 +802,46 @@ def format_section(table: str, checks: dict, results: dict, shape: dict, args, t
                             f"{'agree' if check_ok(c) else 'DISAGREE'}" for k, c in checks.items())
     prepass = "; ".join(f"K={k}: {r['bpo + ref cache']['prepass_s']:.1f} s" for k, r in results.items()
                         if "bpo + ref cache" in r)
-    targets = "\n".join(target_lines(results))
+    targets = "\n".join(target_lines(results, args.size, shape))
     labels = {label for r in results.values() for label in r}
     legend = "\n".join(text.format(prepass=prepass) for label, text in LEGEND.items() if label in labels)
-    tokens = "; ".join(f"K={k}: {c['token_ratio']:.2f}x" for k, c in checks.items())
+    tokens = "; ".join(f"K={k}: {c['token_ratio']:.2f}x" for k, c in checks.items()) or token_ratios(results)
     r1 = results.get(1, {})
     cache_k1 = ""
     if {"bpo + ref cache", "TRL DPOTrainer"} <= set(r1):
         speedup = r1["TRL DPOTrainer"]["s_per_step"] / r1["bpo + ref cache"]["s_per_step"]
         cache_k1 = f" With the reference cache, K = 1 runs at {speedup:.2f}x TRL's pairs/s in this run."
     heads = f", {shape['heads']} heads" if "heads" in shape else ""
-    order = ", ".join(v[0] for v in VARIANTS if v[0] in labels)
+    order = ", ".join(v[0] for v in VARIANTS + OPTIONAL_VARIANTS if v[0] in labels)
+    lora = lora_of(shape)
+    bf16_note = " (frozen weights stored in bf16 on both sides)" if shape["precision"] == "bf16" else ""
+    words = shape.get("words", (12, 20))
+    vis = (f"CLIP {shape.get('vision_layers', 2)} layers x {shape['vision_hidden']}" if "vision_layers" in shape
+           else f"vision width {shape['vision_hidden']}")
+    vocab = f", vocab {shape['vocab_size']}" if "vocab_size" in shape else ""
+    init = (" Weights: random, initialised in bf16 directly on the GPU (config and processor on disk only)."
+            if shape.get("random_init") else "")
+    accum = (" TRL takes its 8 x K pairs as K micro-batches of 8 pairs with gradient accumulation (8 x K pair "
+             "rows in one forward do not fit in memory at K = 3)." if shape.get("trl_accum") else "")
+    checks_text = (f"Step-0 loss with policy = base + non-zero LoRA and reference = base (must agree within 1e-4):\n"
+                   f"{check_lines}" if checks else "Step-0 loss check: not run at this size (`--no-check`).")
+    profile_note = ("aten ops and kernel launches: one more step after the timed ones, under `torch.profiler` "
+                    "(not timed). MFU: the matrix FLOPs of each trainer's own tokens (`step_flops` in the script: "
+                    "LoRA policy forward + activation-gradient backward, reference forward unless cached, frozen "
+                    "vision tower forward, lm_head on response tokens; attention scores left out) over wall time "
+                    "and the chip's bf16 dense peak; on a CPU the achieved TFLOP/s instead.")
     return f"""### {args.size.upper()} size
 
 Command: `{cmd}` ({total / 60:.1f} min in all; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end).
 
 - Model: randomly initialised LLaVA, CLIP {shape['image_size']} px / patch {shape['patch_size']} = {n_img} image \
-tokens per prompt (vision width {shape['vision_hidden']}), Llama hidden {shape['hidden']} x {shape['layers']} \
-layers{heads}; {shape['records']} records with one image, a short question, responses of 12-20 words (~25-40 tokens).
-- Same for both: LoRA r={LORA['r']}, alpha={LORA['alpha']}, dropout 0 on every Linear of the language model; \
-precision {shape['precision']}; max_length {MAX_LENGTH}; AdamW, constant LR, clipping 1.0; no gradient \
-checkpointing; no TRL precompute. bpo: {shape['batch']} examples per step; TRL: the same {shape['batch']} x K \
-pairs per step, one row per pair.
+tokens per prompt ({vis}), Llama hidden {shape['hidden']} x {shape['layers']} \
+layers{heads}{vocab}; {shape['records']} records with one image, a short question, responses of {words[0]}-{words[1]} \
+words (~{2 * words[0]}-{2 * words[1]} tokens).{init}
+- Same for both: LoRA r={lora['r']}, alpha={lora['alpha']}, dropout 0 on every Linear of the language model; \
+precision {shape['precision']}{bf16_note}; max_length {MAX_LENGTH}; AdamW, \
+constant LR, clipping 1.0; no gradient checkpointing; no TRL precompute. bpo: {shape['batch']} examples per step; \
+TRL: the same {shape['batch']} x K pairs per step, one row per pair.{accum}
 - Device: {device}; torch {torch.__version__} with {threads} thread(s), transformers \
 {transformers.__version__}, trl {trl.__version__}.
 - Medians of {args.repeats or shape['repeats']} alternating run(s) ({order}), each in a fresh process, \
@@ -582,19 +850,19 @@ pairs per step, one row per pair.
 {table}
 
 {legend}
+- {profile_note}
 
 Targets (ratios in this run):
 {targets}
 
-Token arithmetic: TRL's rows hold more real (unpadded) tokens than bpo's shared prefixes and responses
-({tokens}); that is what prefix sharing can save in the language model's matrix products. Attention over
-shorter rows and TRL's per-step image processing add a little on top, padding takes a little away. At K = 1
-this ceiling sits right at the 1.8x target: with a prompt P of mostly image tokens and responses L ~ P/6 (LLaVA-1.5
-proportions), 2(P + L) / (P + 2L) ~ 1.75, so the K = 1 ratio lands on either side of 1.8x from run to run on a
-shared machine.{cache_k1}
+Token arithmetic: TRL's rows hold more real (unpadded) tokens than bpo's packed prompt + responses
+({tokens}); that is what packing can save in the language model's matrix products. Attention over shorter rows and
+TRL's per-step image processing add a little on top, padding and the profiler-free overheads (optimizer, Python)
+take a little away. With a prompt P of mostly image tokens and responses L ~ P/6 (LLaVA-1.5 proportions),
+2(P + L) / (P + 2L) ~ 1.75 at K = 1 and 2K(P + L) / (P + (K + 1)L) ~ 4.3 at K = 3, so targets above these
+ratios need more than removing repeated tokens (the reference cache removes a forward).{cache_k1}
 
-Step-0 loss with policy = base + non-zero LoRA and reference = base (must agree within 1e-4):
-{check_lines}
+{checks_text}
 """
 
 

@@ -71,8 +71,13 @@ def build_tokenizer(special_tokens: list[str], *, bos="<s>", eos="</s>", pad="<p
 def make_llava(tokenizer, *, image_size: int, patch_size: int, vision_hidden: int, vision_layers: int = 2,
                vision_heads: int = 2, hidden: int, intermediate: int | None = None, layers: int, heads: int = 4,
                kv_heads: int = 2, max_positions: int = 512, vision_feature_layer: int = -2, seed: int = 0,
-               chat_template: str = LLAVA_CHAT_TEMPLATE):
-    """(random ``LlavaForConditionalGeneration``, ``LlavaProcessor``) in memory: CLIP vision + Llama."""
+               chat_template: str = LLAVA_CHAT_TEMPLATE, vision_intermediate: int | None = None,
+               vocab_size: int | None = None, build: bool = True):
+    """(random ``LlavaForConditionalGeneration``, ``LlavaProcessor``) in memory: CLIP vision + Llama.
+
+    ``vocab_size`` pads the language model's vocabulary beyond the tokenizer's (a real model's lm_head width);
+    ``build=False`` returns ``(LlavaConfig, processor)`` without allocating weights (for 7B-shaped benchmarks
+    that initialise directly on the GPU)."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -85,25 +90,27 @@ def make_llava(tokenizer, *, image_size: int, patch_size: int, vision_hidden: in
 
     tok = tokenizer
     tok.chat_template = chat_template
-    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=vision_intermediate or vision_hidden * 2,
                               num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
                               image_size=image_size, patch_size=patch_size)
-    text = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
+    text = LlamaConfig(vocab_size=max(len(tok), vocab_size or 0), hidden_size=hidden, intermediate_size=intermediate or hidden * 2,
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                        max_position_embeddings=max_positions, bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu")
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tok, key))
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
                                vision_feature_select_strategy="default", chat_template=chat_template,
                                num_additional_image_tokens=1)
+    if not build:
+        return config, processor
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
     return model, processor
 
 

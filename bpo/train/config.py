@@ -104,10 +104,14 @@ class RunSection:
     log_every: int = option(1, help="write metrics every N optimizer steps")
     tensorboard: bool = option(True, help="also write TensorBoard logs under output_dir/tb")
     merge: bool = option(False, help="also save a merged full model (LoRA only) to output_dir/merged")
-    fast_path: str = option("auto", help="log-prob path: auto (shared prefix where supported), shared, plain",
-                            choices=("auto", "shared", "plain"))
+    fast_path: str = option("auto", help="log-prob path: auto (prompt + all responses packed in one forward where "
+                                         "supported, else plain rows), packed (error if unsupported; 'shared' is "
+                                         "its older name), plain (one row per response)",
+                            choices=("auto", "packed", "shared", "plain"))
     ref_cache: str = option("auto", help="cached reference log-probs: auto (compute once, reuse across runs), "
                                          "off", choices=("auto", "off"))
+    compile: bool = option(False, help="torch.compile the policy's forward in place (dynamic shapes; the first "
+                                       "steps and each new shape bucket pay a compilation)")
     progress: bool = option(True, help="show a progress bar")
 
 

@@ -138,3 +138,18 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(numel(p) for p in model.parameters())
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def cast_frozen(model, dtype) -> int:
+    """Store every frozen floating-point weight in ``dtype``; returns how many tensors were cast.
+
+    With ``run.precision=bf16`` the matrix products run in bf16 under autocast anyway, so an fp32 copy of a
+    frozen weight only doubles its memory and is cast again on every forward. Trainable weights (LoRA
+    adapters, a trained projector, full fine-tuning) stay fp32: AdamW updates need their precision.
+    """
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            n += 1
+    return n  # buffers (e.g. rotary inv_freq) stay as they are: positions need fp32

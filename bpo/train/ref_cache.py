@@ -68,6 +68,8 @@ def reference_fingerprint(cfg, processor, model=None) -> tuple[str, dict]:
     }
     if getattr(cfg.loss, "reference", "base") == "start" and cfg.lora.enabled:  # pi_ref = base + init adapter
         ingredients["reference_start"] = dir_digest(cfg.lora.init_from) if cfg.lora.init_from else None
+    if cfg.run.precision == "bf16":  # frozen weights are stored in bf16 since then: other reference values
+        ingredients["frozen_weights"] = "bfloat16"
     return stable_hash(ingredients), ingredients
 
 

@@ -105,6 +105,16 @@ class Trainer:
         if zero3 and not cfg.lora.enabled:
             self.ref_model = engines.load_reference_copy(cfg)  # partitioned by zero.Init on every rank
         self.policy.train()
+        if cfg.run.precision == "bf16":  # frozen weights in bf16, not fp32 cast on every forward
+            from bpo.train.modeling import cast_frozen
+
+            cast_frozen(self.policy, torch.bfloat16)
+            if self.ref_model is not None:
+                self.ref_model.to(torch.bfloat16)
+        if cfg.run.compile:
+            from bpo.models.packed import compile_model
+
+            compile_model(self.policy, log=self.log)
         trainable, total = count_parameters(self.policy)
         self.log(f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({'LoRA' if cfg.lora.enabled else 'full fine-tuning'}"
@@ -169,12 +179,12 @@ class Trainer:
         self.ref_model = engines.prepare_reference(self.acc, self.engine, self.ref_model)
 
     # ---- one micro-batch -------------------------------------------------------------------------
-    def _logps(self, model, examples):
-        from bpo.models.shared_prefix import LogpsPath
+    def _logps(self, model, examples, stats=None):
+        from bpo.models.packed import LogpsPath
 
-        if getattr(self, "_logps_path", None) is None:  # shared prompt prefix, or plain rows (run.fast_path)
+        if getattr(self, "_logps_path", None) is None:  # packed prompt + responses, or plain rows (run.fast_path)
             self._logps_path = LogpsPath(self.cfg.run.fast_path, log=self.log)
-        return self._logps_path(model, examples, self.processor.tokenizer.pad_token_id)
+        return self._logps_path(model, examples, self.processor.tokenizer.pad_token_id, stats=stats)
 
     def _reference_logps(self, examples):
         cache = getattr(self, "ref_cache", None)
@@ -193,7 +203,7 @@ class Trainer:
     def micro_step(self, examples, stats: StepStats) -> torch.Tensor:
         cfg = self.cfg
         with self.acc.autocast():
-            logps, counts, valid = self._logps(self.policy, examples)
+            logps, counts, valid = self._logps(self.policy, examples, stats)
         chosen, rejected = logps[:, 0], logps[:, 1:]
         if cfg.loss.type == "sft":
             losses = nll_loss(chosen, counts[:, 0])

@@ -1,5 +1,5 @@
-"""bpo's own model loading prints no transformers progress bars, and the shared-prefix forward passes the
-KV cache under transformers 5's name (no `past_key_values` deprecation warning per forward)."""
+"""bpo's own model loading prints no transformers progress bars, and the packed log-prob forward raises no
+`past_key_values` deprecation warning per forward."""
 
 import warnings
 
@@ -7,7 +7,7 @@ import pytest
 
 from bpo.models.encoding import Encoder
 from bpo.models.loading import load
-from bpo.models.shared_prefix import shared_example_logps
+from bpo.models.packed import packed_example_logps
 
 
 @pytest.mark.parametrize("which", ["tiny_llava", "tiny_qwen2vl"])
@@ -25,5 +25,5 @@ def test_no_progress_bars_and_no_deprecated_cache_kwarg(which, request, image_ro
     ex = Encoder(proc, image_root, max_length=256).encode(rec)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*past_key_values.*")
-        logps, _, _ = shared_example_logps(model.float(), [ex], proc.tokenizer.pad_token_id)
+        logps = packed_example_logps(model.float(), [ex], proc.tokenizer.pad_token_id)[0]
     assert logps.shape == (1, 2)

@@ -67,7 +67,7 @@ def test_cached_equals_on_the_fly_and_next_run_computes_nothing(tiny_llava, pref
     assert counter.n == 0 and second.ref_cache.computed == 0  # other seed, subset: nothing recomputed
     assert second.ref_cache.dir == cache.dir
     second.train()
-    assert counter.n == 2 * 2  # 2 micro-steps x (prefix + responses) of the policy, no reference pass
+    assert counter.n == 2  # 2 micro-steps x one packed forward of the policy, no reference pass
 
 
 def test_loss_trajectory_is_the_same_with_and_without_cache(tiny_llava, pref_file, image_root, tmp_path):

@@ -1,0 +1,461 @@
+"""Packed log-probs: one forward per pass for the prompt (with its images) and all of its 1 + K responses.
+
+Peers (TRL, LLaMA-Factory, ms-swift, RLAIF-V) build one row ``prompt + response`` per response, so the
+vision tower and the ~600-token LLaVA-1.5 prompt run 1 + K times per example. Here an example is laid out
+once as ``[prompt | r_0 | r_1 | ... | r_K]`` and scored in **one** forward with a prefix-sharing mask:
+
+- prompt tokens attend causally to the prompt;
+- each response token attends to the whole prompt and causally to its own response, never to another one;
+- positions restart for every response at the prompt's end (``P + j``), so each response sees exactly what
+  it would see in its own row. For Qwen2-VL / Qwen2.5-VL (M-RoPE) the prompt's 3-D positions come from the
+  model's own ``get_rope_index`` and response token ``j`` gets ``P + j + rope_delta`` on all three axes,
+  which is how ``generate`` continues a prompt.
+
+The vision tower runs once per image: the vision tensors are passed once per example. transformers 5 takes
+an already built 4-D mask as it is (``masking_utils._preprocess_mask_arguments``), and explicit
+``position_ids``; the mask is built here per attention backend (:func:`attn_backend`):
+
+- ``sdpa``: a boolean ``[rows, 1, T, T]`` mask (True = attend), one example per row, rows right-padded;
+- ``eager``: the same as an additive float mask;
+- ``flex_attention``: a ``BlockMask`` from the same rule plus a document id, so several examples share a
+  row with no padding between them (blocks across examples are skipped, not computed); the row is padded
+  only to a multiple of 128 tokens to bound recompilations of the flex kernel.
+
+Logits are computed only where they are used: the decoder's final hidden states are taken, the positions
+that predict a response token are gathered, and ``lm_head`` + log-softmax run over them in chunks
+(:func:`chunked_target_logps`), each chunk recomputed in the backward pass, so a ``[tokens, vocab]`` fp32
+tensor is never held whole. Models or backends not verified here fall back to plain rows
+(:class:`LogpsPath` says why, once). This replaced a two-forward path (prefix with a KV cache, then the
+responses against the expanded cache) that launched about twice the kernels of plain rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from bpo.models.encoding import EncodedExample
+from bpo.models.logprobs import _to_device, cat_vision, model_device, model_dtype, scatter_rows, to_device
+
+# Decoders with plain causal attention and 1-D RoPE: explicit positions + a custom mask are exact.
+_TEXT_BACKBONES = {"llama", "mistral", "qwen2", "qwen3", "vicuna", "phi3", "granite", "olmo2"}
+# Wrappers that only splice image features into the token embeddings of such a decoder.
+_LLAVA_FAMILY = {"llava", "llava_next", "llava_onevision", "vipllava"}
+# M-RoPE: 3-D positions from get_rope_index, text continues at index + rope_delta.
+_MROPE = {"qwen2_vl", "qwen2_5_vl"}
+# Backends that take a custom 4-D mask (tensor or BlockMask) as given.
+_MASK_BACKENDS = {"sdpa", "eager", "flex_attention"}
+# Families whose attention is not plain causal text attention; they use plain rows until the mask covers them.
+_OWN_MASK_RULES = {"gemma3": "bidirectional attention within each image and sliding-window layers",
+                   "mllama": "cross-attention to the image", "idefics2": "perceiver-resampled images",
+                   "paligemma": "a bidirectional prefix"}
+FLEX_BLOCK = 128
+
+
+def hf_model(model):
+    """The transformers model under DDP / torch.compile / peft wrappers."""
+    for _ in range(4):
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def attn_backend(base) -> str:
+    config = base.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    impl = getattr(text, "_attn_implementation", None) or getattr(config, "_attn_implementation", None)
+    return impl if isinstance(impl, str) else "eager"
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the packed path cannot be used for ``model``, or None if it can."""
+    base = hf_model(model)
+    config = getattr(base, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind in _MROPE:
+        if _rope_index_fn(base) is None:
+            return f"{kind}: no get_rope_index found"
+    elif kind in _LLAVA_FAMILY:
+        text_kind = getattr(getattr(config, "text_config", None), "model_type", None)
+        if text_kind not in _TEXT_BACKBONES:
+            return f"{kind} with a {text_kind!r} language model is not verified for packed responses"
+    elif kind in _OWN_MASK_RULES:
+        return f"{kind}: {_OWN_MASK_RULES[kind]}; the packed mask does not reproduce them yet"
+    elif kind not in _TEXT_BACKBONES:
+        return f"model type {kind!r} is not verified for packed responses"
+    sliding = _sliding_window(config)
+    if sliding:
+        return f"sliding-window attention ({sliding}) is not in the packed mask"
+    backend = attn_backend(base)
+    if backend not in _MASK_BACKENDS:
+        return f"attention backend {backend!r} takes no custom mask (use sdpa or flex_attention)"
+    if base.get_output_embeddings() is None:
+        return "no lm_head (get_output_embeddings) to score response positions with"
+    return None
+
+
+def _sliding_window(config) -> str | None:
+    """Whether the language model has sliding-window layers (the custom mask would silently drop them)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    types = getattr(text, "layer_types", None) or []
+    window = getattr(text, "sliding_window", None)
+    if "sliding_attention" in types:
+        return f"window {window}"
+    if getattr(text, "model_type", None) == "mistral" and window is not None:
+        return f"window {window}"
+    return None
+
+
+def _rope_index_fn(base):
+    for mod in (getattr(base, "model", None), base):
+        fn = getattr(mod, "get_rope_index", None)
+        if callable(fn):
+            return fn
+    return None
+
+
+@dataclass
+class PackedBatch:
+    """Examples laid out as ``[prompt | r_0 | ... | r_K]``, one or several per row."""
+
+    inputs: dict  # input_ids [N, T], per-token extras [N, T], vision tensors (in row order)
+    doc: torch.Tensor  # [N, T] example (pack order) of each token, -1 on padding
+    seg: torch.Tensor  # [N, T] 0 = prompt, k + 1 = response k, -1 = padding
+    pos: torch.Tensor  # [N, T] 1-D position (prompt index, or P + j in a response)
+    src: torch.Tensor  # [M] flat index (row * T + t) of the hidden state that predicts each response token
+    tgt: torch.Tensor  # [M] that response token
+    owner: torch.Tensor  # [M] response row (0..R-1) of each target
+    example_index: torch.Tensor  # [R] original example index of each response row
+    response_index: torch.Tensor  # [R] 0 = chosen, k = k-th rejected
+    prompt: dict  # right-padded prompts in pack order (input_ids, attention_mask, extras) for get_rope_index
+    prompt_flat: torch.Tensor  # flat indices of prompt tokens in the packed rows ...
+    prompt_src: torch.Tensor  # ... and the matching flat indices into the padded prompt batch
+    pad_tokens: int
+    real_tokens: int
+
+
+def _rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
+    """Which examples share a row: one per row, or first-fit decreasing into rows of ``capacity`` tokens."""
+    if capacity is None:
+        return [[i] for i in range(len(lengths))]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max(capacity, lengths[i]) - lengths[i])
+    return [sorted(r) for r in rows]
+
+
+def packed_length(ex: EncodedExample) -> int:
+    """Tokens of an example laid out once: the prompt plus every response."""
+    return len(ex.prompt_ids) + sum(map(len, ex.response_ids))
+
+
+def _prompt_batch(examples: list[EncodedExample], pad_id: int, keys: list[str], width: int) -> dict:
+    """The prompts alone, right-padded: what ``get_rope_index`` reads for M-RoPE positions."""
+    prompt = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
+              "attention_mask": torch.zeros((len(examples), width), dtype=torch.long)}
+    for k in keys:
+        prompt[k] = torch.zeros((len(examples), width), dtype=torch.long)
+    for e, ex in enumerate(examples):
+        p = len(ex.prompt_ids)
+        prompt["input_ids"][e, :p] = torch.tensor(ex.prompt_ids)
+        prompt["attention_mask"][e, :p] = 1
+        for k in keys:
+            prompt[k][e, :p] = torch.tensor(ex.token_extras[k])
+    return prompt
+
+
+def collate_packed(examples: list[EncodedExample], pad_id: int, capacity: int | None = None,
+                   multiple_of: int = 1) -> PackedBatch:
+    """Lay ``examples`` out in rows; ``capacity`` None = one example per row (padding), else packed rows."""
+    lengths = [packed_length(ex) for ex in examples]
+    rows = _rows(lengths, capacity)
+    order = [i for r in rows for i in r]  # pack order: vision tensors and prompts follow it
+    width = max(sum(lengths[i] for i in r) for r in rows)
+    width = -(-width // multiple_of) * multiple_of
+    keys = list(examples[0].token_extras)
+    n = len(rows)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    doc = torch.full((n, width), -1, dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    extras = {k: torch.zeros((n, width), dtype=torch.long) for k in keys}
+    src, tgt, owner, ex_idx, resp_idx, p_flat, p_src = [], [], [], [], [], [], []
+    p_max = max(len(examples[i].prompt_ids) for i in order)
+    slot = 0
+    for r, members in enumerate(rows):
+        t = 0
+        for i in members:
+            ex, e = examples[i], order.index(i)
+            p = len(ex.prompt_ids)
+            ids[r, t:t + p] = torch.tensor(ex.prompt_ids)
+            doc[r, t:t + p], seg[r, t:t + p], pos[r, t:t + p] = e, 0, torch.arange(p)
+            for k in keys:
+                extras[k][r, t:t + p] = torch.tensor(ex.token_extras[k])
+            p_flat.append(torch.arange(r * width + t, r * width + t + p))
+            p_src.append(torch.arange(e * p_max, e * p_max + p))
+            last_prompt = r * width + t + p - 1
+            t += p
+            for k, resp in enumerate(ex.response_ids):
+                m = len(resp)
+                ids[r, t:t + m] = torch.tensor(resp, dtype=torch.long)
+                doc[r, t:t + m], seg[r, t:t + m], pos[r, t:t + m] = e, k + 1, p + torch.arange(m)
+                # token j of the response is predicted by token j - 1 of it, token 0 by the last prompt token
+                src.extend([last_prompt] + list(range(r * width + t, r * width + t + m - 1)) if m else [])
+                tgt.extend(resp)
+                owner.extend([slot] * m)
+                ex_idx.append(i)
+                resp_idx.append(k)
+                slot += 1
+                t += m
+    prompt = _prompt_batch([examples[i] for i in order], pad_id, keys, p_max)
+    inputs = {"input_ids": ids, **extras}
+    vision = [examples[i].vision for i in order if examples[i].vision]
+    if vision:
+        vis = cat_vision(vision)
+        inputs.update(vis)
+        prompt.update(vis)
+    real = sum(lengths)
+    return PackedBatch(inputs=inputs, doc=doc, seg=seg, pos=pos, src=torch.tensor(src, dtype=torch.long),
+                       tgt=torch.tensor(tgt, dtype=torch.long), owner=torch.tensor(owner, dtype=torch.long),
+                       example_index=torch.tensor(ex_idx), response_index=torch.tensor(resp_idx), prompt=prompt,
+                       prompt_flat=torch.cat(p_flat), prompt_src=torch.cat(p_src), pad_tokens=n * width - real,
+                       real_tokens=real)
+
+
+def dense_mask(doc: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """``[N, 1, T, T]`` bool, True where query ``q`` may attend to key ``k``.
+
+    Same example, causal, and the key is a prompt token or in the query's own response. Padding tokens see
+    earlier padding only, so no row is fully masked (a fully masked softmax row is NaN in SDPA).
+    """
+    t = doc.shape[1]
+    causal = torch.ones((t, t), dtype=torch.bool, device=doc.device).tril()
+    same_doc = doc[:, :, None] == doc[:, None, :]
+    visible = (seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])
+    return (same_doc & visible & causal).unsqueeze(1)
+
+
+def flex_block_mask(doc: torch.Tensor, seg: torch.Tensor):
+    """The rule of :func:`dense_mask` as a FlexAttention ``BlockMask`` (blocks across examples are skipped)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q, k):
+        return (doc[b, q] == doc[b, k]) & (k <= q) & ((seg[b, k] == 0) | (seg[b, q] == seg[b, k]))
+
+    n, t = doc.shape
+    return create_block_mask(mask_mod, B=n, H=None, Q_LEN=t, KV_LEN=t, device=doc.device)
+
+
+def attention_mask_for(backend: str, doc: torch.Tensor, seg: torch.Tensor, dtype):
+    if backend == "flex_attention":
+        return flex_block_mask(doc, seg)
+    mask = dense_mask(doc, seg)
+    if backend == "eager":  # eager adds the mask to the scores
+        dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask
+
+
+def _mrope_positions(base, batch: PackedBatch, prompt: dict, doc, pos):
+    """``[3, N, T]``: the prompt's 3-D positions from the model's own code, responses at ``P + j + delta``."""
+    n_ex = prompt["input_ids"].shape[0]
+    deltas = torch.zeros((n_ex,), dtype=torch.long, device=pos.device)
+    prompt_pos = None
+    if prompt.get("image_grid_thw") is not None or prompt.get("video_grid_thw") is not None:
+        fn = _rope_index_fn(base)
+        params = inspect.signature(fn).parameters
+        kwargs = {k: v for k, v in prompt.items() if k in params and k != "input_ids"}
+        prompt_pos, d = fn(prompt["input_ids"], **kwargs)
+        deltas = d.reshape(n_ex).to(pos.device)
+    out = (pos + deltas[doc.clamp(min=0)]).unsqueeze(0).repeat(3, 1, 1)
+    if prompt_pos is not None:
+        flat = out.view(3, -1)
+        flat[:, batch.prompt_flat.to(pos.device)] = prompt_pos.reshape(3, -1)[:, batch.prompt_src.to(pos.device)]
+    return out
+
+
+def _chunk_logps(hidden, targets, head, softcap):
+    # in the head's dtype: outside autocast (the reference pass) a bf16 head cannot take fp32 input
+    logits = head(hidden.to(head.weight.dtype)).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    # gather - logsumexp: no log-softmax output of the chunk's full width is kept
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def chunked_target_logps(hidden: torch.Tensor, targets: torch.Tensor, head, *, chunk: int | None = None,
+                         softcap: float | None = None) -> torch.Tensor:
+    """log p(target) for ``hidden [M, H]``, ``chunk`` rows at a time; with grad, each chunk is recomputed in
+    the backward pass (activation checkpointing), so only one chunk's ``[chunk, vocab]`` logits live at once."""
+    vocab = head.weight.shape[0]
+    chunk = chunk or max(64, (32 << 20) // (4 * vocab))  # ~32 MiB of fp32 logits per chunk
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    out = []
+    # split, not slicing: the backward of a slice allocates a zero gradient of the whole [M, H] per chunk
+    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
+        if grad:
+            out.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+        else:
+            out.append(_chunk_logps(h, t, head, softcap))
+    return torch.cat(out) if out else hidden.new_zeros((0,), dtype=torch.float32)
+
+
+class _GrabHidden:
+    """A forward hook on the decoder that keeps its ``last_hidden_state`` while ``on``.
+
+    Registered once per decoder (a new hook per call would make ``torch.compile`` recompile), and only
+    armed around the packed forward, so plain-row forwards keep no extra reference. The model's own
+    outputs are not used for this: accelerate's mixed-precision wrapper converts every output tensor to
+    fp32, ``hidden_states`` of all layers included, which would cost a copy of each layer's activations.
+    """
+
+    def __init__(self):
+        self.on, self.value = False, None
+
+    def __call__(self, module, args, output):
+        if self.on:
+            self.value = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+def _final_hidden(model, base, **kwargs) -> torch.Tensor:
+    decoder = base.get_decoder()
+    grab = getattr(decoder, "_bpo_grab_hidden", None)
+    if grab is None:
+        grab = _GrabHidden()
+        decoder.register_forward_hook(grab)
+        decoder._bpo_grab_hidden = grab
+    grab.on = True
+    try:
+        # logits_to_keep=1: the model's own lm_head runs on one position per row; its output is dropped
+        model(**kwargs, logits_to_keep=1, use_cache=False)
+        hidden = grab.value
+    finally:
+        grab.on, grab.value = False, None
+    if hidden is None:
+        raise RuntimeError(f"{type(decoder).__name__} returned no last_hidden_state")
+    return hidden
+
+
+def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of each response and its token count: ``([R], [R])``, like ``row_logps``."""
+    device, dtype = model_device(model), model_dtype(model)
+    base = hf_model(model)
+    backend = attn_backend(base)
+    # every host-to-device copy before the forward (a blocking copy after it would wait for the GPU)
+    inputs = _to_device(batch.inputs, device, dtype)
+    doc, seg, pos = (to_device(t, device) for t in (batch.doc, batch.seg, batch.pos))
+    src, tgt, owner = (to_device(t, device) for t in (batch.src, batch.tgt, batch.owner))
+    if getattr(base.config, "model_type", None) in _MROPE:
+        prompt = _to_device(batch.prompt, device, dtype)
+        position_ids = _mrope_positions(base, batch, prompt, doc, pos)
+    else:
+        position_ids = pos
+    mask = attention_mask_for(backend, doc, seg, dtype)
+    hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
+    picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
+    softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
+    lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)
+    n_rows = batch.example_index.shape[0]
+    # fp64 sums rounded once, as in row_logps (the order of fp32 additions would differ between the paths)
+    sums = torch.zeros((n_rows,), dtype=torch.float64, device=lp.device).index_add(0, owner, lp.double()).float()
+    counts = torch.zeros((n_rows,), dtype=torch.long, device=lp.device).index_add(0, owner, torch.ones_like(owner))
+    return sums, counts
+
+
+def packed_example_logps(model, examples: list[EncodedExample], pad_id: int, *, pack: bool | None = None,
+                         chunk: int | None = None, stats: dict | None = None):
+    """Drop-in for :func:`bpo.models.logprobs.example_logps`: ``logps, counts, valid`` of shape [B, 1+Kmax].
+
+    ``pack`` (default: only with flex_attention) puts all examples in one row with a document mask; with a
+    dense mask that would cost (sum of lengths)^2 attention, so SDPA/eager get one example per row.
+    """
+    if pack is None:
+        pack = attn_backend(hf_model(model)) == "flex_attention"
+    if pack:
+        batch = collate_packed(examples, pad_id, capacity=sum(map(packed_length, examples)),
+                               multiple_of=FLEX_BLOCK)
+    else:
+        batch = collate_packed(examples, pad_id)
+    if stats is not None:
+        stats["pad_tokens"] = stats.get("pad_tokens", 0) + batch.pad_tokens
+        stats["real_tokens"] = stats.get("real_tokens", 0) + batch.real_tokens
+    lp, n = packed_row_logps(model, batch, chunk=chunk)
+    return scatter_rows(lp, n, batch, len(examples))
+
+
+def _plain_pad_tokens(examples: list[EncodedExample]) -> tuple[int, int]:
+    rows = [len(ex.prompt_ids) + len(r) for ex in examples for r in ex.response_ids]
+    return len(rows) * max(rows) - sum(rows), sum(rows)
+
+
+class LogpsPath:
+    """Packed or plain-row log-probs per ``run.fast_path``; says once why it fell back.
+
+    ``auto``: packed where :func:`unsupported_reason` allows, plain rows otherwise (one log line per reason);
+    ``packed`` (``shared``, its older name): an error where unsupported; ``plain``: one row per response, the
+    peers' layout and the reference every fast path is tested against.
+    """
+
+    def __init__(self, mode: str = "auto", log=print):
+        from bpo.errors import BpoError
+
+        if mode not in ("auto", "packed", "shared", "plain"):
+            raise BpoError(f"run.fast_path must be auto, packed or plain, not {mode!r}")
+        self.mode = "packed" if mode == "shared" else mode
+        self.log = log
+        self._said: set[str] = set()
+
+    def __call__(self, model, examples: list[EncodedExample], pad_id: int, stats=None):
+        from bpo.errors import BpoError
+        from bpo.models.logprobs import example_logps
+
+        if self.mode != "plain":
+            reason = unsupported_reason(model)
+            if reason is None:
+                tokens: dict = {}
+                out = packed_example_logps(model, examples, pad_id, stats=tokens)
+                self._record(stats, tokens["pad_tokens"], tokens["real_tokens"])
+                return out
+            if self.mode == "packed":
+                raise BpoError(f"run.fast_path=packed is not supported here: {reason}; use run.fast_path=auto "
+                               "or plain")
+            if reason not in self._said:
+                self._said.add(reason)
+                self.log(f"fast path off ({reason}): scoring each response with its own copy of the prompt")
+        self._record(stats, *_plain_pad_tokens(examples))
+        return example_logps(model, examples, pad_id)
+
+    @staticmethod
+    def _record(stats, pad: int, real: int) -> None:
+        if stats is not None:  # per forward of the policy pass, averaged over a logged step's micro-batches
+            stats.add("tokens/pad", torch.tensor([float(pad)]))
+            stats.add("tokens/pad_fraction", torch.tensor([pad / max(1, pad + real)]))
+
+
+def compile_model(model, *, dynamic: bool = True, backend: str = "inductor", log=print):
+    """``torch.compile`` the transformers model's forward in place (``nn.Module.compile``).
+
+    In place, so parameter names, ``state_dict`` keys, peft's adapter switch and DDP wrapping stay as they
+    are; peft's LoRA layers inside are traced with the rest. Returns the compiled module.
+    """
+    base = hf_model(model)
+    base.compile(dynamic=dynamic, backend=backend)
+    log(f"run.compile: torch.compile({type(base).__name__}, backend={backend!r}, dynamic={dynamic})")
+    return base
