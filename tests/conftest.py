@@ -102,3 +102,13 @@ def tiny_family(tmp_path_factory):
         return built[name]
 
     return get
+
+
+def free_port() -> int:
+    """A free TCP port on loopback for a two-process launch: torchrun's default 29500 collides when two test
+    runs (or a user's job) launch at once on one machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

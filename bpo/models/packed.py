@@ -304,13 +304,18 @@ def chunked_target_logps(hidden: torch.Tensor, targets: torch.Tensor, head, *, c
                          softcap: float | None = None) -> torch.Tensor:
     """log p(target) for ``hidden [M, H]``, ``chunk`` rows at a time; with grad, each chunk is recomputed in
     the backward pass (activation checkpointing), so only one chunk's ``[chunk, vocab]`` logits live at once."""
-    vocab = head.weight.shape[0]
+    # ZeRO-3 partitions the head's weight (shape 0 outside its forward); ds_shape keeps the real one. The head
+    # is called as a module below, so the engine's pre-forward hook gathers it, in the backward recompute too.
+    vocab = getattr(head.weight, "ds_shape", head.weight.shape)[0]
     chunk = chunk or max(64, (32 << 20) // (4 * vocab))  # ~32 MiB of fp32 logits per chunk
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    # ZeRO-3 re-partitions the head between forward and backward, so a recompute sees other tensor metadata and
+    # torch.utils.checkpoint refuses it: there the chunks keep their logits for the backward (more memory).
+    recompute = grad and not hasattr(head.weight, "ds_id")
     out = []
     # split, not slicing: the backward of a slice allocates a zero gradient of the whole [M, H] per chunk
     for h, t in zip(hidden.split(chunk), targets.split(chunk)):
-        if grad:
+        if recompute:
             out.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
         else:
             out.append(_chunk_logps(h, t, head, softcap))

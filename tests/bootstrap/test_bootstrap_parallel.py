@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from bootstrap_helpers import read_rows, record, write_jsonl
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -30,7 +32,7 @@ def test_two_ranks_equal_one_process_with_sampling(tiny_llava, image_root, tmp_p
         assert proc.returncode == 0, proc.stderr[-2000:]
 
     two, one = tmp_path / "two.jsonl", tmp_path / "one.jsonl"
-    launch([torchrun, "--nproc_per_node", "2"], two)
+    launch([torchrun, "--master_port", str(free_port()), "--nproc_per_node", "2"], two)
     assert sorted(p.name for p in tmp_path.glob("two.jsonl.shard-*.jsonl")) == \
         ["two.jsonl.shard-0.jsonl", "two.jsonl.shard-1.jsonl"]
     assert len(read_rows(f"{two}.shard-1.jsonl")) == 3  # rank 1 took input positions 1, 3, 5

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -33,7 +35,7 @@ def test_two_ranks_generate_each_record_once(tiny_llava, image_root, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         return [json.loads(line) for line in out.read_text().splitlines()]
 
-    two = launch([torchrun, "--nproc_per_node", "2"], tmp_path / "two.jsonl")
+    two = launch([torchrun, "--master_port", str(free_port()), "--nproc_per_node", "2"], tmp_path / "two.jsonl")
     assert len(list(tmp_path.glob("two.jsonl.shard-*.jsonl"))) == 2  # both ranks wrote their share
     one = launch([sys.executable], tmp_path / "one.jsonl")
     assert [r["id"] for r in two] == [f"q{i}" for i in range(5)]  # every record once, in input order

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PREF_ROWS
+from tests.conftest import PREF_ROWS, free_port
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
@@ -24,7 +24,7 @@ def test_two_process_training(tiny_llava, image_root, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--nproc_per_node", "2", "-m", "bpo", "train", f"model.name={tiny_llava}", f"data.train={data}",
+    cmd = [torchrun, "--master_port", str(free_port()), "--nproc_per_node", "2", "-m", "bpo", "train", f"model.name={tiny_llava}", f"data.train={data}",
            f"data.image_root={image_root}", f"run.output_dir={out}", "run.max_steps=2", "run.batch_size=2",
            "lora.r=4", "lora.dropout=0", "run.progress=false", "run.tensorboard=false", "optim.lr=1e-2",
            "run.fast_path=packed"]  # packed or an error: no silent fallback to plain rows under DDP
@@ -38,7 +38,7 @@ def test_two_process_training(tiny_llava, image_root, tmp_path):
     assert (out / "adapter" / "adapter_config.json").exists()
     # without the CPU flag, a multi-process launch is refused instead of training twice into one folder
     # one process, the same two batches per step as gradient accumulation: the same training
-    single = [sys.executable, "-m", "bpo"] + cmd[5:] + [f"run.output_dir={tmp_path / 'single'}", "run.grad_accum=2"]
+    single = [sys.executable, "-m", "bpo"] + cmd[cmd.index("train"):] + [f"run.output_dir={tmp_path / 'single'}", "run.grad_accum=2"]
     done = subprocess.run(single, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     one = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]

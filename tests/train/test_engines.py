@@ -23,7 +23,7 @@ from bpo.config import load_config
 from bpo.errors import BpoError
 from bpo.train.config import TrainConfig
 from bpo.train.metrics import read_metrics
-from tests.conftest import PREF_ROWS
+from tests.conftest import PREF_ROWS, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {name: REPO / "configs" / "accelerate" / f"{file}.yaml"
@@ -64,7 +64,7 @@ def _one_process(setting, name: str, *extra) -> Path:
 
 def _launch(setting, engine: str, out: Path, *extra, die_at: int | None = None):
     module = ["-m", "tests.train.dying_train", str(die_at)] if die_at else ["-m", "bpo", "train"]
-    cmd = [ACCELERATE, "launch", "--config_file", str(CONFIGS[engine]), "--num_processes", "2",
+    cmd = [ACCELERATE, "launch", "--config_file", str(CONFIGS[engine]), "--num_processes", "2", "--main_process_port", str(free_port()),
            "--mixed_precision", "no", *module, *setting["args"], f"run.output_dir={out}", *extra]
     # A cache home per run: the engine's own pre-pass computes the reference log-probs (each rank its share).
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
