@@ -25,8 +25,16 @@ def build_parser():
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny DPO smoke run only (seconds)")
     p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
-    p.add_argument("--seeds", type=int, default=1, help="toy demo: run seeds 0..N-1 and report mean +- std")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="toy demo: run seeds 0..N-1 and report mean +- std (default 1; 5 with --study)")
     p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
+    p.add_argument("--study", action="store_true",
+                   help="toy demo with the power to call each claim: 5 seeds (unless --seeds), 300 eval images")
+    p.add_argument("--eval-images", type=int, default=None, help="toy demo: eval images per seed (default 100)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="toy demo: torch CPU threads (pretraining included: another count, another toy model)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="toy demo: write the results into README.md and docs/toy.md between their markers")
     p.add_argument("--scenario", choices=("hallucination", "safety"), default="hallucination",
                    help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects")
     return p
