@@ -33,6 +33,9 @@ def build_parser():
     p.add_argument("--eval-images", type=int, default=None, help="toy demo: eval images per seed (default 100)")
     p.add_argument("--threads", type=int, default=None,
                    help="toy demo: torch CPU threads (pretraining included: another count, another toy model)")
+    p.add_argument("--sweep", action="store_true",
+                   help="toy demo: the learning-rate sweep of each training recipe on tuning seeds 100.. "
+                        "(held-out images; --seeds sets how many, default 2)")
     p.add_argument("--write-docs", action="store_true",
                    help="toy demo: write the results into README.md and docs/toy.md between their markers")
     p.add_argument("--scenario", choices=("hallucination", "safety"), default="hallucination",
@@ -100,6 +103,10 @@ def main(argv: list[str]) -> int:
         from bpo.toy import safety_demo
 
         return safety_demo.main(args, out)
+    if args.sweep:
+        from bpo.toy import sweep
+
+        return sweep.run(args, out)
     from bpo.toy import pipeline
 
     return pipeline.main(args, out)

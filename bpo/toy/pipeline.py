@@ -40,6 +40,8 @@ class DemoConfig:
     recipes: dict = field(default_factory=lambda: {k: dict(v) for k, v in RECIPES.items()})
     eval_split: str = "eval"  # "heldout" in the sweep: tuning never sees the reported eval images
     n_boot: int = 2000  # paired-bootstrap resamples per claim
+    extra_variants: dict = field(default_factory=dict)  # name -> like VARIANTS (the sweep's grid points)
+    analyze: bool = True  # noise sweep, curves and token probe (the sweep skips them)
 
 
 FAST = dict(n_train=32, n_eval=16, n_pope=8, train_steps=4, batch_size=8, max_new_tokens=12, noise_steps=(0, 500),
@@ -128,7 +130,9 @@ class SeedRun(StagedRun):
         self._timed("bootstrap", self.bootstrap)
         self._timed("train", self.train_all)
         results = self._timed("evaluate", self.evaluate_all)
-        self._timed("analyze", self.analyze)
+        self.noise = []
+        if self.cfg.analyze:
+            self._timed("analyze", self.analyze)
         return {"seed": self.seed, "model": str(self.model), "results": results, "timings": self.timings,
                 "noise": self.noise}
 
@@ -163,7 +167,7 @@ class SeedRun(StagedRun):
     def train_all(self):
         self.runs = {}
         for name in self.cfg.variants:
-            key, extra, recipe = VARIANTS[name]
+            key, extra, recipe = VARIANTS.get(name) or self.cfg.extra_variants[name]
             r = self.cfg.recipes[recipe]  # later key=value overrides win over train()'s shared budget
             extra = [*extra, f"optim.lr={r['lr']}", f"run.max_steps={r['steps']}", f"loss.beta={r['beta']}",
                      f"loss.sft_weight={r['sft_weight']}"]
