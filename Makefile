@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bpo-installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo demo-safety test lint bench clean
+.PHONY: setup demo demo-study demo-sweep demo-safety test lint bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/bpo demo --out $(DEMO_OUT)
+
+# 5 seeds x 300 eval images, both training recipes, every claim with its interval; writes README/docs tables
+demo-study: $(STAMP)
+	$(VENV)/bin/bpo demo --study --out outputs/demo_study --write-docs
+
+# the learning-rate sweep of each training recipe on tuning seeds 100-101 (never reported)
+demo-sweep: $(STAMP)
+	$(VENV)/bin/bpo demo --sweep --out outputs/demo_sweep
 
 demo-safety: $(STAMP)
 	$(VENV)/bin/bpo demo --scenario safety --seeds 3 --out outputs/demo_safety

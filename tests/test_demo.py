@@ -20,12 +20,28 @@ def test_fast_toy_pipeline(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     table = summary["table"]
-    assert set(table) == {"base", "bpo_weakened", "bpo_weakened_injected", "dpo_self", "sft"}
+    assert set(table) == {"base", "bpo_weakened", "dpo_self", "sft", "paper_weakened", "paper_self"}
     for name, row in table.items():
-        for metric in ("CHAIR_i", "recall", "POPE acc", "pull", "parse"):
+        for metric in ("CHAIR_i", "recall", "POPE acc", "POPE rand acc", "POPE adv yes", "pull", "parse"):
             mean, _ = row[metric]
             assert math.isnan(mean) or 0.0 <= mean <= 1.0, (name, metric, mean)
-    assert [c["claim"][:3] for c in summary["claims"]] == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    claims = summary["claims"]
+    assert [(c["claim"][:3], c["recipe"]) for c in claims] == [("(a)", None)] + [
+        (k, r) for r in ("reg", "paper") for k in ("(b)", "(c)", "(d)", "(e)")]
+    for c in claims:
+        assert c["verdict"] in ("holds", "fails", "unresolved")
+        for part in c["parts"]:
+            lo, hi = part["ci"]
+            assert lo <= hi and len(part["per_seed"]) == 1
+    # the paper recipe trains without the NLL term, the reg recipe with it
+    import yaml
+
+    paper_cfg = yaml.safe_load((out / "seed-0" / "runs" / "paper_weakened" / "config.yaml").read_text())
+    reg_cfg = yaml.safe_load((out / "seed-0" / "runs" / "bpo_weakened" / "config.yaml").read_text())
+    assert paper_cfg["loss"]["sft_weight"] == 0.0 and reg_cfg["loss"]["sft_weight"] == 1.0
+    assert summary["machine"]["torch_threads"] >= 1 and summary["command"].startswith("bpo demo --fast")
+    eval_counts = summary["seeds"][0]["results"]["base"]["counts"]
+    assert len(eval_counts) == 16 and all(len(r) == 4 for r in eval_counts)
     report = (out / "report.md").read_text()
     assert "| bpo_weakened |" in report and "The paper's claims, measured" in report
     seed = out / "seed-0"

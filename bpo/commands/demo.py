@@ -25,8 +25,19 @@ def build_parser():
     p.add_argument("--out", default="outputs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny DPO smoke run only (seconds)")
     p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
-    p.add_argument("--seeds", type=int, default=1, help="toy demo: run seeds 0..N-1 and report mean +- std")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="toy demo: run seeds 0..N-1 and report mean +- std (default 1; 5 with --study)")
     p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
+    p.add_argument("--study", action="store_true",
+                   help="toy demo with the power to call each claim: 5 seeds (unless --seeds), 300 eval images")
+    p.add_argument("--eval-images", type=int, default=None, help="toy demo: eval images per seed (default 100)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="toy demo: torch CPU threads (pretraining included: another count, another toy model)")
+    p.add_argument("--sweep", action="store_true",
+                   help="toy demo: the learning-rate sweep of each training recipe on tuning seeds 100.. "
+                        "(held-out images; --seeds sets how many, default 2)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="toy demo: write the results into README.md and docs/toy.md between their markers")
     p.add_argument("--scenario", choices=("hallucination", "safety", "iterative"), default="hallucination",
                    help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects; "
                         "iterative = 3 rounds of Bootstrapped PO through `bpo iterate`")
@@ -97,6 +108,10 @@ def main(argv: list[str]) -> int:
         from bpo.toy import safety_demo
 
         return safety_demo.main(args, out)
+    if args.sweep:
+        from bpo.toy import sweep
+
+        return sweep.run(args, out)
     from bpo.toy import pipeline
 
     return pipeline.main(args, out)

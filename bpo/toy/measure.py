@@ -98,7 +98,7 @@ def noise_curve(model, processor, world: World, scenes, steps: Sequence[int] = (
         gen = torch.Generator().manual_seed(seed * 10_007 + int(t))
         caps = greedy_captions(model, processor, add_diffusion_noise(clean, int(t), gen), prompt=prompt)
         rows.append({"t": int(t), **chair_scores(caps, truths, world.kinds, world.partner),
-                     "examples": caps[:3]})
+                     "examples": caps[:3], "captions": caps})
     return rows
 
 
@@ -173,7 +173,8 @@ def prior_pull(model, processor, world: World, scenes, *, batch_size: int = 64) 
             "present_mass": mean(present), "n": len(cases)}
 
 
-def pope_scores(model, processor, world: World, scenes, *, batch_size: int = 128) -> dict:
+def pope_scores(model, processor, world: World, scenes, *, batch_size: int = 128,
+                splits: Sequence[str] = ("random", "popular", "adversarial")) -> dict:
     """POPE accuracy and yes-rate per split from the first answer token (``yes`` vs ``no`` logit).
 
     A quick teacher-forced check for the recipe study; ``bpo eval pope`` on generated answers is the
@@ -188,7 +189,7 @@ def pope_scores(model, processor, world: World, scenes, *, batch_size: int = 128
     yes, no = tok.convert_tokens_to_ids(["yes", "no"])
     pixels = _pixels(world, scenes, processor)
     out = {}
-    for split in ("random", "popular", "adversarial"):
+    for split in splits:
         items = [(i, q, a) for i, s in enumerate(scenes) for q, a, _ in world.pope_questions(s, split)]
         correct = said_yes = 0
         for b in range(0, len(items), batch_size):

@@ -33,22 +33,47 @@ class DemoConfig:
     sft_weight: float = 1.0
     max_new_tokens: int = 24
     noise_steps: tuple = (0, 100, 300, 500, 700, 900)
-    variants: tuple = ("bpo_weakened", "bpo_weakened_injected", "dpo_self", "sft")
+    variants: tuple = ("bpo_weakened", "bpo_weakened_injected", "dpo_self", "sft", "paper_weakened",
+                       "paper_weakened_injected", "paper_self")
     pretrain_overrides: dict = field(default_factory=dict)
+    # Per-recipe training settings (see RECIPES); a variant's recipe overrides the shared lr/steps/beta/NLL.
+    recipes: dict = field(default_factory=lambda: {k: dict(v) for k, v in RECIPES.items()})
+    eval_split: str = "eval"  # "heldout" in the sweep: tuning never sees the reported eval images
+    n_boot: int = 2000  # paired-bootstrap resamples per claim
+    extra_variants: dict = field(default_factory=dict)  # name -> like VARIANTS (the sweep's grid points)
+    analyze: bool = True  # noise sweep, curves and token probe (the sweep skips them)
 
 
 FAST = dict(n_train=32, n_eval=16, n_pope=8, train_steps=4, batch_size=8, max_new_tokens=12, noise_steps=(0, 500),
+            # the variants every claim needs (the +injected ones only add table rows), each for 4 steps
+            variants=("bpo_weakened", "dpo_self", "sft", "paper_weakened", "paper_self"),
+            recipes={"reg": dict(lr=2e-3, steps=4, beta=0.1, sft_weight=1.0),
+                     "paper": dict(lr=5e-4, steps=4, beta=0.1, sft_weight=0.0)},
             pretrain_overrides=dict(vision_steps=20, text_sentences=400, text_epochs=1.0, align_images=64,
                                     align_projector_steps=5, align_steps=20, align_stop_chair=None,
                                     heldout_images=16, align_eval_every=10))
 
-# variant -> (data key, train overrides). Same steps, batch, lr and LoRA for all: equal budgets.
-VARIANTS = {
-    "bpo_weakened": ("weak", ["data.sources=weakened"]),
-    "bpo_weakened_injected": ("weak_inj", ["data.sources=weakened,injected"]),
-    "dpo_self": ("self", ["data.sources=self"]),
-    "sft": ("train", ["loss.type=sft"]),
+# Training recipes, frozen from the sweep on tuning seeds (docs/toy.md, "Choosing each recipe's settings").
+# reg: the first demo recipe, DPO + an NLL term of weight 1 on the chosen answer (SFT uses it too, so
+# SFT and reg-BPO have equal budgets). paper: the Bootstrapped-PO paper's objective, plain sigmoid DPO
+# with LoRA and no NLL term.
+RECIPES = {
+    "reg": dict(lr=1e-3, steps=60, beta=0.1, sft_weight=1.0),  # sweep choice (2026-12-01)
+    "paper": dict(lr=2e-4, steps=60, beta=0.1, sft_weight=0.0),  # no lr met the criterion: the highest-recall one
 }
+
+# variant -> (data key, train overrides, recipe). Same batch and LoRA for all.
+VARIANTS = {
+    "bpo_weakened": ("weak", ["data.sources=weakened"], "reg"),
+    "bpo_weakened_injected": ("weak_inj", ["data.sources=weakened,injected"], "reg"),
+    "dpo_self": ("self", ["data.sources=self"], "reg"),
+    "sft": ("train", ["loss.type=sft"], "reg"),
+    "paper_weakened": ("weak", ["data.sources=weakened"], "paper"),
+    "paper_weakened_injected": ("weak_inj", ["data.sources=weakened,injected"], "paper"),
+    "paper_self": ("self", ["data.sources=self"], "paper"),
+}
+# recipe -> (its BPO variant, its self-negative variant) for the claims
+RECIPE_VARIANTS = {"reg": ("bpo_weakened", "dpo_self"), "paper": ("paper_weakened", "paper_self")}
 
 
 def bpo(*args) -> None:
@@ -105,7 +130,9 @@ class SeedRun(StagedRun):
         self._timed("bootstrap", self.bootstrap)
         self._timed("train", self.train_all)
         results = self._timed("evaluate", self.evaluate_all)
-        self._timed("analyze", self.analyze)
+        self.noise = []
+        if self.cfg.analyze:
+            self._timed("analyze", self.analyze)
         return {"seed": self.seed, "model": str(self.model), "results": results, "timings": self.timings,
                 "noise": self.noise}
 
@@ -117,11 +144,12 @@ class SeedRun(StagedRun):
         from bpo.toy.pretrain import load_world
 
         self.world = load_world(self.model)
-        self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval)
+        self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval,
+                           eval_split=self.cfg.eval_split)
         # POPE on the first n_pope eval images (its questions are ~12x the images: the slow part of evaluation)
         from bpo.data.records import read_records, write_records
 
-        keep = {f"eval-{i:06d}" for i in range(self.cfg.n_pope)}
+        keep = {f"{self.cfg.eval_split}-{i:06d}" for i in range(self.cfg.n_pope)}
         self.pope = self.out / "data" / "pope_subset.jsonl"
         write_records(self.pope, [r for r in read_records(self.data.pope) if r.id.rsplit("-", 2)[0] in keep])
 
@@ -139,7 +167,10 @@ class SeedRun(StagedRun):
     def train_all(self):
         self.runs = {}
         for name in self.cfg.variants:
-            key, extra = VARIANTS[name]
+            key, extra, recipe = VARIANTS.get(name) or self.cfg.extra_variants[name]
+            r = self.cfg.recipes[recipe]  # later key=value overrides win over train()'s shared budget
+            extra = [*extra, f"optim.lr={r['lr']}", f"run.max_steps={r['steps']}", f"loss.beta={r['beta']}",
+                     f"loss.sft_weight={r['sft_weight']}"]
             self.runs[name] = self.train(name, self.files[key], self.data.image_root, *extra)
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
@@ -163,9 +194,10 @@ class SeedRun(StagedRun):
         chair = json.loads((ev / "chair.json").read_text())["metrics"]
         pope = json.loads((ev / "pope.json").read_text())["metrics"]
         model, processor = load(str(self.model), adapter=str(adapter) if adapter else None)
-        scenes = [self.world.scene("eval", i) for i in range(c.n_eval)]
+        scenes = [self.world.scene(c.eval_split, i) for i in range(c.n_eval)]
         pull = prior_pull(model, processor, self.world, scenes)
-        return {"chair": chair, "pope": pope, "pull": pull, "parse_rate": _parse_rate(self.world, ev)}
+        return {"chair": chair, "pope": pope, "pull": pull, "parse_rate": _parse_rate(self.world, ev),
+                "counts": _counts(self.world, ev, scenes)}
 
     def evaluate_all(self) -> dict:
         results = {"base": self.evaluate("base", None)}
@@ -181,8 +213,13 @@ class SeedRun(StagedRun):
         bpo("analyze", "curves", *runs, "--out", self.out / "plots" / "curves", "--labels", ",".join(self.cfg.variants),
             "--window", max(1, self.cfg.train_steps // 10))
         model, processor = load(str(self.model))
-        scenes = [self.world.scene("eval", i) for i in range(self.cfg.n_eval)]
+        scenes = [self.world.scene(self.cfg.eval_split, i) for i in range(self.cfg.n_eval)]
         self.noise = noise_curve(model, processor, self.world, scenes, self.cfg.noise_steps, seed=self.seed)
+        from bpo.toy.verdicts import image_counts
+
+        truths = {s.id: s.names for s in scenes}
+        for row in self.noise:  # per-image counts for the paired bootstrap; the captions stay in the files
+            row["counts"] = image_counts(dict(zip(truths, row.pop("captions"))), truths, self.world.kinds).tolist()
         self._token_probe(scenes)
 
     def _token_probe(self, scenes):
@@ -208,6 +245,15 @@ class SeedRun(StagedRun):
             return
 
 
+def _counts(world, ev: Path, scenes) -> list[list[int]]:
+    """Per eval image (hallucinated, mentioned, hits, true) of the generated captions, for the bootstrap."""
+    from bpo.toy.verdicts import image_counts
+
+    rows = [json.loads(line) for line in (ev / "chair_responses.jsonl").read_text().splitlines()]
+    return image_counts({r["id"]: r["response"] for r in rows}, {s.id: s.names for s in scenes},
+                        world.kinds).tolist()
+
+
 def _parse_rate(world, ev: Path) -> float:
     from bpo.toy.world import parse_caption
 
@@ -220,6 +266,9 @@ def _parse_rate(world, ev: Path) -> float:
 METRICS = [("CHAIR_s", lambda r: r["chair"]["chair_s"]), ("CHAIR_i", lambda r: r["chair"]["chair_i"]),
            ("recall", lambda r: r["chair"]["recall"]), ("objects", lambda r: r["chair"]["objects_per_response"]),
            ("POPE acc", lambda r: r["pope"]["accuracy"]), ("POPE F1", lambda r: r["pope"]["f1"]),
+           ("POPE rand acc", lambda r: r["pope"]["per_split"]["random"]["accuracy"]),
+           ("POPE adv acc", lambda r: r["pope"]["per_split"]["adversarial"]["accuracy"]),
+           ("POPE adv yes", lambda r: r["pope"]["per_split"]["adversarial"]["yes_ratio"]),
            ("pull", lambda r: r["pull"]["pull"]), ("parse", lambda r: r["parse_rate"])]
 
 
@@ -257,91 +306,27 @@ def format_table(table: dict) -> str:
     return head + "\n".join(rows)
 
 
-# ---- the paper's claims, checked on the numbers ---------------------------------------------------------
-def _mean(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.fmean(xs) if xs else float("nan")
-
-
-def _logp_change(run: Path, key: str) -> float | None:
-    from bpo.train.metrics import read_metrics
-
-    rows = [r for r in read_metrics(run / "metrics.jsonl") if r.get(key) is not None]
-    if len(rows) < 4:
-        return None
-    k = max(1, len(rows) // 5)
-    return _mean([r[key] for r in rows[-k:]]) - _mean([r[key] for r in rows[:k]])
-
-
-def check_claims(seed_results: list[dict], out: Path) -> list[dict]:
-    """Each claim with the numbers behind it and whether it held on every seed (or on the mean)."""
-    def per_seed(name, metric):
-        return [get(sr["results"][name]) for sr in seed_results if name in sr["results"]
-                for label, get in METRICS if label == metric]
-
-    base_ci, base_rec = per_seed("base", "CHAIR_i"), per_seed("base", "recall")
-    claims = []
-    noise = [(sr["noise"][0]["chair_i"], sr["noise"][-1]["chair_i"]) for sr in seed_results if sr.get("noise")]
-    claims.append({"claim": "(a) hallucination rises with the noise step (Fig. 5 analog)",
-                   "numbers": f"CHAIR_i at t={seed_results[0]['noise'][0]['t']} vs t={seed_results[0]['noise'][-1]['t']}"
-                              f" per seed: " + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in noise),
-                   "held": all(b > a for a, b in noise)})
-    if "bpo_weakened" in seed_results[0]["results"]:
-        ci, rec = per_seed("bpo_weakened", "CHAIR_i"), per_seed("bpo_weakened", "recall")
-        rel = [(b - x) / b if b else float("nan") for x, b in zip(ci, base_ci)]
-        # "Within 10%" guards against the known failure (saying less to hallucinate less): recall may not
-        # fall more than 10% below the base; a rise is not a failure.
-        rec_ok = [r >= 0.9 * b for r, b in zip(rec, base_rec)]
-        claims.append({"claim": "(b) BPO cuts CHAIR_i by >= 30% vs base while recall stays >= 90% of base",
-                       "numbers": "relative CHAIR_i cut per seed: " + ", ".join(f"{x:.0%}" for x in rel)
-                                  + "; recall BPO vs base: " + ", ".join(f"{r:.3f}/{b:.3f}" for r, b in
-                                                                         zip(rec, base_rec)),
-                       "held": all(x >= 0.3 for x in rel) and all(rec_ok)})
-    if {"bpo_weakened", "sft"} <= set(seed_results[0]["results"]):
-        b, s = per_seed("bpo_weakened", "CHAIR_i"), per_seed("sft", "CHAIR_i")
-        pb, ps = per_seed("bpo_weakened", "pull"), per_seed("sft", "pull")
-        claims.append({"claim": "(c) BPO beats SFT on the same chosen answers (Table 4 analog)",
-                       "numbers": "CHAIR_i BPO vs SFT per seed: " + ", ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(b, s))
-                                  + "; pull BPO vs SFT: " + ", ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(pb, ps)),
-                       "held": all(x < y for x, y in zip(b, s))})
-    if {"bpo_weakened", "dpo_self"} <= set(seed_results[0]["results"]):
-        b, s = per_seed("bpo_weakened", "CHAIR_i"), per_seed("dpo_self", "CHAIR_i")
-        claims.append({"claim": "(d) image-weakened negatives beat the model's own clean-image answers (Table 5)",
-                       "numbers": "CHAIR_i weakened vs self per seed: " + ", ".join(f"{x:.3f}/{y:.3f}"
-                                                                                     for x, y in zip(b, s)),
-                       "held": all(x < y for x, y in zip(b, s))})
-    runs = [out / f"seed-{sr['seed']}" / "runs" for sr in seed_results]
-    if (runs[0] / "bpo_weakened").exists() and (runs[0] / "sft").exists():
-        dc = [_logp_change(r / "bpo_weakened", "logps/chosen") for r in runs]
-        dr = [_logp_change(r / "bpo_weakened", "logps/rejected") for r in runs]
-        ds = [_logp_change(r / "sft", "logps/chosen") for r in runs]
-        ok = all(c is not None and r is not None and s is not None and r < 0 and r < c and abs(c) < abs(r) and s > 0
-                 for c, r, s in zip(dc, dr, ds))
-        fmt = lambda xs: ", ".join("n/a" if x is None else f"{x:+.2f}" for x in xs)  # noqa: E731
-        claims.append({"claim": "(e) during BPO the rejected log-prob falls while chosen stays roughly flat, "
-                                "unlike SFT (Fig. 6)",
-                       "numbers": f"change first->last window, BPO chosen: {fmt(dc)}; BPO rejected: {fmt(dr)}; "
-                                  f"SFT chosen: {fmt(ds)}",
-                       "held": ok})
-    return claims
-
-
 def write_report(out: Path, cfg: DemoConfig, seed_results: list[dict], table: dict, claims: list[dict],
                  wall: float) -> Path:
+    from bpo.toy.claims import claim_line
+    from bpo.toy.docs_tables import machine_line
 
     lines = ["# bpo demo: Bootstrapped PO in the toy world", "",
-             f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; wall time {wall:.0f}s. "
+             f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; {cfg.n_eval} {cfg.eval_split} images; "
+             f"wall time {wall:.0f}s; {machine_line()}. "
              "Mean ± std over seeds. CHAIR_i / CHAIR_s: lower is better; recall, POPE: higher is better; "
              "*pull* = P(partner | \"a A and a\") with the partner absent from the image (the prior's grip; "
              "lower is better); *parse* = share of captions in the world's grammar.", "",
              format_table(table), "", "## The paper's claims, measured", ""]
+    lines += ["Verdicts: 95% paired bootstrap over images (resampled within each seed, averaged over seeds); "
+              "holds / fails when the interval excludes the threshold on the claimed / the other side, "
+              "otherwise unresolved.", ""]
     for c in claims:
-        lines += [f"- **{'held' if c['held'] else 'did NOT hold'}**: {c['claim']}. {c['numbers']}"]
+        lines += [f"- {claim_line(c)}"]
     pope_acc = [table[name]["POPE acc"][0] for name in table]
     if all(abs(a - 0.5) <= 0.1 for a in pope_acc if a == a):
-        lines += ["", "Note: POPE accuracy is at chance (0.5 +- 0.1) for every model: the toy model does not learn "
-                      "yes/no answers in its short alignment (see docs/toy.md), so the POPE columns carry no signal "
-                      "here. They are kept to show the stage runs, not as evidence."]
+        lines += ["", "Note: POPE accuracy is at chance (0.5 +- 0.1) for every model, so the POPE columns carry "
+                      "no signal in this run (see docs/toy.md, POPE)."]
     lines += ["", "## Noise sweep of the base model (CHAIR_i of greedy captions per diffusion step)", "",
               "| seed | " + " | ".join(f"t={r['t']}" for r in seed_results[0]["noise"]) + " |",
               "|---|" + "---|" * len(seed_results[0]["noise"])]
@@ -364,27 +349,76 @@ def write_outputs(out: Path, lines: list[str], plots: str, cfg, seed_results: li
     report = out / "report.md"
     with atomic_write(report) as fh:
         fh.write("\n".join(lines) + "\n")
+    from bpo.toy.docs_tables import machine_info
+
     write_json(out / "summary.json", {"config": cfg.__dict__, "table": table, "claims": claims,
-                                      "seeds": seed_results, "wall_s": wall})
+                                      "seeds": seed_results, "wall_s": wall, "machine": machine_info(),
+                                      "command": getattr(cfg, "command", "bpo demo")})
     return report
 
 
+STUDY = dict(n_eval=300, n_pope=100)  # `--study`: with --seeds 5 (the default of --study)
+
+
+def demo_config(args) -> DemoConfig:
+    """The demo's config from the command line (``--fast``, ``--study``, ``--eval-images``, ``--threads``)."""
+    over = dict(FAST) if getattr(args, "fast", False) else {}
+    if getattr(args, "study", False):
+        over.update(STUDY)
+    if getattr(args, "eval_images", None):
+        over["n_eval"] = args.eval_images
+        over["n_pope"] = min(over.get("n_pope", DemoConfig.n_pope), args.eval_images)
+    if getattr(args, "threads", None):
+        # the pretraining thread count is part of the toy model's cache key: another count, another model
+        over["pretrain_overrides"] = {**over.get("pretrain_overrides", {}), "threads": args.threads}
+    return DemoConfig(**over)
+
+
+def seed_list(args) -> list[int]:
+    n = getattr(args, "seeds", None) or (5 if getattr(args, "study", False) else 1)
+    first = getattr(args, "first_seed", 0) or 0
+    return list(range(first, first + n))
+
+
+def command_line(args) -> str:
+    """The ``bpo demo`` command that reproduces this run (written beside its results)."""
+    parts = ["bpo demo"]
+    for flag, attr in (("--fast", "fast"), ("--study", "study")):
+        if getattr(args, attr, False):
+            parts.append(flag)
+    for flag, attr in (("--seeds", "seeds"), ("--eval-images", "eval_images"), ("--threads", "threads")):
+        if getattr(args, attr, None):
+            parts.append(f"{flag} {getattr(args, attr)}")
+    return " ".join(parts)
+
+
 def main(args, out: Path) -> int:
-    cfg = DemoConfig(**(FAST if getattr(args, "fast", False) else {}))
+    import torch
+
+    from bpo.toy.claims import check_claims, claim_line
+
+    cfg = demo_config(args)
+    cfg.command = command_line(args)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(getattr(args, "seeds", 1)))
+    seeds = seed_list(args)
     t0 = time.perf_counter()
     log = print
-    log(f"bpo demo: toy-world Bootstrapped PO, {len(seeds)} seed(s), outputs in {out}")
+    log(f"bpo demo: toy-world Bootstrapped PO, seed(s) {seeds}, {cfg.n_eval} eval images, outputs in {out}")
     results = []
     for seed in seeds:
         results.append(SeedRun(cfg, out, seed, log).run())
     table = summarize(results)
-    claims = check_claims(results, out)
+    claims = check_claims(results, out, RECIPE_VARIANTS, n_boot=cfg.n_boot)
     wall = time.perf_counter() - t0
     report = write_report(out, cfg, results, table, claims, wall)
-    log_results(log, format_table(table), [f"{'held' if c['held'] else 'did NOT hold'}: {c['claim']}\n    "
-                                           f"{c['numbers']}" for c in claims], report, out, wall)
+    log_results(log, format_table(table), [claim_line(c) for c in claims], report, out, wall)
+    if getattr(args, "write_docs", False):
+        from bpo.toy.docs_tables import write_docs
+
+        for f in write_docs(out / "summary.json"):
+            log(f"wrote the demo tables into {f}")
     return 0
 
 

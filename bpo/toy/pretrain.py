@@ -36,7 +36,8 @@ from bpo.toy.safety import SafetyConfig, SafetyWorld
 from bpo.toy.world import World, WorldConfig
 
 # Bump when the recipe's code changes meaningfully: it is part of the cache key.
-RECIPE_VERSION = 1
+# 2: existence-question share and the held-out POPE condition of the early stop (docs/toy.md, "POPE").
+RECIPE_VERSION = 2
 META_FILE = "toy.json"
 
 
@@ -64,6 +65,12 @@ class RecipeConfig:
     align_stop_chair: float | None = option(
         0.25, help="stop alignment once held-out CHAIR_i <= this (and parse rate >= 0.9); null = run all "
         "steps. 0.25 is about LLaVA-1.5-7B's CHAIR_i on Object HalBench (23.7), where the paper starts")
+    align_exist_share: float = option(
+        0.35, help="share of existence (POPE-style) questions in the alignment QA; the other tasks keep their "
+        "relative shares. 0.2 was the first recipe, where the 2-token yes/no answers got ~5% of the loss tokens")
+    align_stop_pope: float | None = option(
+        0.85, help="early stop also needs held-out random-split existence accuracy >= this (first-token yes/no); "
+        "null = CHAIR only. 0.85 is about LLaVA-1.5-7B's POPE-random accuracy, where the paper starts")
     align_eval_every: int = option(50, help="held-out evaluation interval (steps) during alignment")
     heldout_images: int = option(96, help="held-out images for the early-stopping check")
 
@@ -139,7 +146,8 @@ def _run(world: World, recipe: RecipeConfig, out: Path, log, safety: SafetyWorld
         timings, history = {}, {}
         t0 = time.perf_counter()
         align = AlignData.build(world, processor, recipe.align_images, recipe.seed,
-                                extra=safety.align_examples() if safety else ())
+                                extra=safety.align_examples() if safety else (),
+                                exist_share=recipe.align_exist_share)
         text = TextData.build(world, processor, recipe.text_sentences, seed=recipe.seed,
                               chat_fraction=recipe.text_chat_fraction,
                               extra_chats=safety.text_chats() if safety else ())
@@ -307,7 +315,7 @@ def _align_stage(model, world: World, processor, align, text, recipe: RecipeConf
     """Projector-only steps, then projector + LM, with optional held-out CHAIR early stopping."""
     import torch
 
-    from bpo.toy.tensors import heldout_chair
+    from bpo.toy.tensors import heldout_chair, heldout_pope
 
     torch.manual_seed(recipe.seed + 5)
     gen = torch.Generator().manual_seed(recipe.seed + 6)
@@ -333,15 +341,19 @@ def _align_stage(model, world: World, processor, align, text, recipe: RecipeConf
             sched.step()
             if language and (step % recipe.align_eval_every == 0 or step == steps):
                 chair, parse = heldout_chair(model, world, processor, recipe.heldout_images)
+                pope = heldout_pope(model, world, processor, recipe.heldout_images)
                 curve.append({"step": step, "loss": round(loss.item(), 4), "chair_i": round(chair, 4),
-                              "parse_rate": round(parse, 4)})
+                              "parse_rate": round(parse, 4), "pope_random_acc": round(pope, 4)})
                 log(f"[toy]   align step {step}: loss {loss.item():.3f}, held-out CHAIR_i {chair:.3f}, "
-                    f"parse {parse:.2f}")
-                if recipe.align_stop_chair is not None and chair <= recipe.align_stop_chair and parse >= 0.9:
+                    f"parse {parse:.2f}, POPE-random acc {pope:.2f}")
+                pope_ok = recipe.align_stop_pope is None or pope >= recipe.align_stop_pope
+                if recipe.align_stop_chair is not None and chair <= recipe.align_stop_chair and parse >= 0.9 \
+                        and pope_ok:
                     stopped = step
                     break
     _set_trainable(model, vision=True, projector=True, language=True)
     model.eval()
     last = curve[-1] if curve else {}
     return {"steps": stopped or recipe.align_steps, "early_stopped": stopped is not None,
-            "heldout_chair_i": last.get("chair_i"), "heldout_parse_rate": last.get("parse_rate"), "curve": curve}
+            "heldout_chair_i": last.get("chair_i"), "heldout_parse_rate": last.get("parse_rate"),
+            "heldout_pope_random_acc": last.get("pope_random_acc"), "curve": curve}

@@ -41,7 +41,9 @@ class SafetyDemoConfig:
     safety: dict = field(default_factory=dict)  # SafetyConfig overrides
     # LLaVA-1.5 mixes text-only chats (ShareGPT) into its instruction data; so does the toy here,
     # which keeps text-side safety from being forgotten during alignment.
-    pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1})
+    # The safety scenario keeps the first recipe's QA mix and CHAIR-only stop (its documented numbers).
+    pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1, "align_exist_share": 0.2,
+                                                              "align_stop_pope": None})
 
 
 SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_tokens=12,
@@ -323,7 +325,7 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
 def main(args, out: Path) -> int:
     cfg = SafetyDemoConfig(**(SAFETY_FAST if getattr(args, "fast", False) else {}))
     out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(getattr(args, "seeds", 1)))
+    seeds = list(range(getattr(args, "seeds", None) or 1))
     t0 = time.perf_counter()
     log = print
     log(f"bpo demo --scenario safety: toy-world Blind PO, {len(seeds)} seed(s), outputs in {out}")

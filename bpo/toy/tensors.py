@@ -83,7 +83,7 @@ class AlignData:
 
     @classmethod
     def build(cls, world: World, processor, n_images: int, seed: int, per_image: int = 2,
-              extra: list[tuple[Scene, str, str]] = ()) -> AlignData:
+              extra: list[tuple[Scene, str, str]] = (), exist_share: float = 0.2) -> AlignData:
         """``n_images`` train scenes with ``per_image`` QA each, plus ``extra`` (scene, question, answer) rows."""
         cfg = world.cfg
         prompts = PromptCache(processor, cfg.image_size)
@@ -93,7 +93,7 @@ class AlignData:
         rows = []
         for i, s in enumerate(scenes[:n_images]):
             for k in range(per_image):
-                _, question, answer = world.qa(s, seed * 1000 + k)
+                _, question, answer = world.qa(s, seed * 1000 + k, exist_share)
                 p = prompts.ids(question)
                 rows.append((p + prompts.answer(answer), len(p), i))
         for i, (_, question, answer) in enumerate(extra, start=n_images):
@@ -216,3 +216,16 @@ def heldout_chair(model, world: World, processor, n: int) -> tuple[float, float]
     caps = greedy_captions(model, processor, pixels)
     scores = chair_scores(caps, [s.names for s in scenes], world.kinds)
     return scores["chair_i"], scores["parse_rate"]
+
+
+def heldout_pope(model, world: World, processor, n: int) -> float:
+    """First-token yes/no accuracy on the random-split existence questions of ``n`` held-out scenes."""
+    from bpo.toy.measure import pope_scores
+
+    scenes = [world.scene("heldout", i) for i in range(n)]
+    was_training = model.training
+    model.eval()
+    try:
+        return pope_scores(model, processor, world, scenes, splits=("random",))["random"]["accuracy"]
+    finally:
+        model.train(was_training)

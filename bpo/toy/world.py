@@ -322,14 +322,18 @@ class World:
         out += [(EXIST_TEMPLATE.format(name=n), "no", n) for n in negs]
         return out
 
-    def qa(self, scene: Scene, index: int) -> tuple[str, str, str]:
+    def qa(self, scene: Scene, index: int, exist_share: float = 0.2) -> tuple[str, str, str]:
         """One (task, question, answer) for instruction data: describe / exist / colour / count / position.
 
-        Existence questions here use *random* negatives only, so training never shows the model the
-        adversarial (partner) case that POPE-adversarial and the pull measure.
+        ``exist_share`` is the probability of an existence question; the other tasks keep their
+        relative shares (60 : 7 : 6 : 7). Existence questions here use *random* negatives only, so
+        training never shows the model the adversarial (partner) case that POPE-adversarial and the
+        pull measure.
         """
         rng = _rng(self.cfg.seed, "qa", scene.id, index)
-        task = ("describe", "exist", "colour", "count", "position")[int(rng.choice(5, p=[.6, .2, .07, .06, .07]))]
+        rest = (1.0 - exist_share) / 0.8  # exactly 1.0 at the historical 0.2: the same draws as before
+        mix = [.6 * rest, exist_share, .07 * rest, .06 * rest, .07 * rest]
+        task = ("describe", "exist", "colour", "count", "position")[int(rng.choice(5, p=mix))]
         if task == "exist":
             if rng.random() < 0.5:
                 name = scene.names[int(rng.integers(scene.count))]

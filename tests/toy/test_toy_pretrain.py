@@ -57,3 +57,21 @@ def test_recipe_loads_from_yaml_with_nested_overrides(tmp_path):
     f.write_text("recipe:\n  seed: 3\n  model:\n    hidden: 96\n", encoding="utf-8")
     rc = load_config(RecipeConfig, f, ["align_stop_chair=null"], section="recipe")
     assert rc.seed == 3 and rc.model.hidden == 96 and rc.align_stop_chair is None
+
+
+def test_early_stop_waits_for_heldout_pope(tmp_path, micro_recipe, monkeypatch):
+    """With captioning already "grounded" (patched held-out CHAIR 0, parse 1), the stop waits for held-out POPE."""
+    import bpo.toy.tensors as tensors
+
+    monkeypatch.setattr(tensors, "heldout_chair", lambda *a: (0.0, 1.0))
+    monkeypatch.setattr(tensors, "heldout_pope", lambda *a: 0.8)
+    lines: list[str] = []
+
+    def align(**kw):
+        return pretrain(WorldConfig(), micro_recipe(align_stop_chair=0.25, align_steps=2, **kw), cache_root=tmp_path,
+                        log=lines.append).meta["history"]["align"]
+
+    waits = align(align_stop_pope=0.85)
+    assert not waits["early_stopped"] and [r["pope_random_acc"] for r in waits["curve"]] == [0.8, 0.8]
+    assert any("POPE-random acc 0.80" in line for line in lines)
+    assert align(align_stop_pope=0.75)["steps"] == 1

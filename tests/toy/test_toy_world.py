@@ -194,3 +194,12 @@ def test_cell_labels_follow_image_token_order(world):
     assert len(labels) == world.cfg.grid ** 2 and sum(v > 0 for v in labels) == s.count
     for o in s.objects:
         assert labels[o.row * world.cfg.grid + o.col] == 1 + world.kinds.index(o.name)
+
+
+def test_existence_share_of_the_qa_mix():
+    """0.2 reproduces the first recipe's draws exactly; 0.35 asks existence questions about 35% of the time."""
+    w = World()
+    scenes = [w.scene("train", i) for i in range(300)]
+    assert [w.qa(s, 7) for s in scenes] == [w.qa(s, 7, 0.2) for s in scenes]
+    share = sum(w.qa(s, k, 0.35)[0] == "exist" for s in scenes for k in range(2)) / 600
+    assert 0.30 <= share <= 0.40
