@@ -73,11 +73,6 @@ def _rename_saved_class(out: Path, name: str) -> None:
             f.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _qwen2vl_image_only_processor_cls():
-    """Backward-compatible name for ``image_only_processor_cls("Qwen2VLProcessor")``."""
-    return image_only_processor_cls("Qwen2VLProcessor")
-
-
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (transformers' messages often start with a newline)."""
     for line in str(exc).splitlines():

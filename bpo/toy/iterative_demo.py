@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import StagedRun, bpo, log_results, write_outputs
+from bpo.toy.pipeline import StagedRun, TrainBudget, bpo, log_results, write_outputs
 
 
 @dataclass
-class IterativeDemoConfig:
+class IterativeDemoConfig(TrainBudget):  # per round: the hallucination demo's budget for one variant
     rounds: int = 3
     records: str = "fresh"  # a new third of the chosen-only records each round (RLAIF-V style)
     n_train: int = 576  # chosen-only records in all (192 per round)
@@ -27,13 +27,6 @@ class IterativeDemoConfig:
     sources: tuple = ("weakened",)
     reference: str = "previous"
     weaken_step: int = 500
-    train_steps: int = 60  # per round: each round has the hallucination demo's budget for one variant
-    batch_size: int = 16
-    lr: float = 2e-3
-    lora_r: int = 16
-    beta: float = 0.1
-    sft_weight: float = 1.0
-    max_new_tokens: int = 24
     # The first recipe's QA mix and CHAIR-only stop: the toy model docs/iterative.md's numbers were measured on.
     pretrain_overrides: dict = field(default_factory=lambda: {"align_exist_share": 0.2, "align_stop_pope": None})
 

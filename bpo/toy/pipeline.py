@@ -20,11 +20,9 @@ from bpo.errors import BpoError
 
 
 @dataclass
-class DemoConfig:
-    n_train: int = 256  # chosen-only records to bootstrap from
-    n_eval: int = 100  # eval images for CHAIR, the prior pull and the noise sweep
-    n_pope: int = 40  # eval images whose POPE questions are asked (3 splits x ~4 questions each)
-    weaken_step: int = 500
+class TrainBudget:
+    """The training budget each toy demo gives every variant alike, declared once for all three demos."""
+
     train_steps: int = 60
     batch_size: int = 16
     lr: float = 2e-3
@@ -32,6 +30,14 @@ class DemoConfig:
     beta: float = 0.1
     sft_weight: float = 1.0
     max_new_tokens: int = 24
+
+
+@dataclass
+class DemoConfig(TrainBudget):
+    n_train: int = 256  # chosen-only records to bootstrap from
+    n_eval: int = 100  # eval images for CHAIR, the prior pull and the noise sweep
+    n_pope: int = 40  # eval images whose POPE questions are asked (3 splits x ~4 questions each)
+    weaken_step: int = 500
     noise_steps: tuple = (0, 100, 300, 500, 700, 900)
     variants: tuple = ("bpo_weakened", "bpo_weakened_injected", "dpo_self", "sft", "paper_weakened",
                        "paper_weakened_injected", "paper_self")

@@ -22,21 +22,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import StagedRun, _stats, bpo, log_results, write_outputs
+from bpo.toy.pipeline import StagedRun, TrainBudget, _stats, bpo, log_results, write_outputs
 
 
 @dataclass
-class SafetyDemoConfig:
+class SafetyDemoConfig(TrainBudget):
     n_pairs: int = 192  # text-only preference pairs (distinct requests) fed to `bpo safety build`
     benign_fraction: float = 0.5  # share of benign (helpful) pairs among them
     n_eval: int = 96  # evaluation images per group (hazardous / benign)
-    train_steps: int = 60
-    batch_size: int = 16
-    lr: float = 2e-3
-    lora_r: int = 16
-    beta: float = 0.1
-    sft_weight: float = 1.0  # NLL on the chosen answer, as in the hallucination demo (same for both)
-    max_new_tokens: int = 16
+    max_new_tokens: int = 16  # sft_weight 1.0: NLL on the chosen answer, as in the hallucination demo
     variants: tuple = ("dpo", "blind_po")
     safety: dict = field(default_factory=dict)  # SafetyConfig overrides
     # LLaVA-1.5 mixes text-only chats (ShareGPT) into its instruction data; so does the toy here,
