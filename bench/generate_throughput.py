@@ -8,7 +8,7 @@ Builds a tiny random LLaVA (CLIP vision + Llama, built locally by ``bpo.models.t
 2-core CPU) and answers the same prompts (images of different sizes, prompts of different lengths)
 twice per round, alternating:
 
-* ``engine``: :class:`bpo.bootstrap.engine.HFEngine`, ``--batch-size`` prompts per left-padded
+* ``engine``: :class:`bpo.models.generation.HFEngine`, ``--batch-size`` prompts per left-padded
   batch, KV cache, greedy;
 * ``single``: ``model.generate`` on each prompt alone (batch 1, the same encoded inputs), greedy.
 
@@ -29,8 +29,8 @@ import time
 def build(hidden: int, layers: int, tmp: str, prompts: int, batch_size: int, device: str):
     from PIL import Image
 
-    from bpo.bootstrap.engine import build_hf_engine
     from bpo.data.records import Record, user_turn
+    from bpo.models.generation import build_hf_engine
     from bpo.models.tiny import build_tiny_llava
 
     path = build_tiny_llava(f"{tmp}/model", hidden=hidden, layers=layers)
@@ -44,7 +44,7 @@ def build(hidden: int, layers: int, tmp: str, prompts: int, batch_size: int, dev
 
 
 def run_engine(engine, records, settings):
-    from bpo.bootstrap.engine import Request
+    from bpo.models.generation import Request
 
     gens = engine.generate([Request(r.id, r) for r in records], settings)
     return [g.text for g in gens], sum(g.n_tokens for g in gens)
@@ -54,7 +54,7 @@ def run_single(engine, records, settings):
     """Plain ``model.generate``, one prompt at a time, on the engine's own encoding of each prompt."""
     import torch
 
-    from bpo.bootstrap.engine import Request
+    from bpo.models.generation import Request
 
     texts, tokens = [], 0
     for r in records:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bpo.bootstrap.engine import SamplingSettings
+    from bpo.models.generation import SamplingSettings
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -20,11 +20,20 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
-           choices: tuple | None = None):
-    """A dataclass field with help text (and optional allowed values)."""
+           choices: tuple | None = None, flag: str | None = None, positional: str | None = None,
+           metavar: str | None = None):
+    """A dataclass field with help text (and optional allowed values).
+
+    For command configs (:func:`parse_command`): ``flag`` renames the ``--flag`` (default: the key with
+    dashes), ``positional`` makes the field a positional argument with that ``nargs`` (``"1"``, ``"?"``,
+    ``"*"``, ``"+"``), ``metavar`` names its value in ``--help``. A field with no default is required.
+    """
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    for key, value in (("flag", flag), ("positional", positional), ("metavar", metavar)):
+        if value is not None:
+            meta[key] = value
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -227,3 +236,166 @@ def format_help(cls: type) -> str:
     rows = describe(cls)
     width = max(len(r[0]) for r in rows) + 2
     return "\n".join(f"  {k:<{width}}{h} [default: {d}]" for k, d, h in rows)
+
+
+# ---- command configs: one dataclass per command, as flags, YAML and key=value --------------------------
+#
+# Every command's options are a dataclass of :func:`option` fields. :func:`parse_command` turns it into a
+# command line with three equivalent spellings of each option, applied in this order:
+#   defaults  <  --config FILE.yaml  <  key=value overrides and --flags (in the order typed)
+# so ``bpo generate --model M`` == ``bpo generate model=M`` == ``model: M`` in a YAML file. Nested dataclass
+# sections are addressed as ``judge.model=...`` or ``--judge-model``. The values are coerced and checked by
+# the same :func:`from_dict` as ``bpo train``'s config (unknown keys fail with a suggestion), then the
+# config's ``validate()`` runs its cross-field checks.
+
+HELP_CONFIG_EPILOG = ("every option is also a config key: --config FILE.yaml, key=value overrides; "
+                      "--help-config lists them all")
+
+
+def leaf_fields(cls: type, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """(dotted key, field, type) of every non-section field of ``cls``, recursively."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = _strip_optional(hints[f.name])[0]
+        if _is_dataclass_type(tp):
+            out.extend(leaf_fields(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((prefix + f.name, f, hints[f.name]))
+    return out
+
+
+def _flag(key: str, f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + key.replace(".", "-").replace("_", "-")
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return f" [default: {f.default}]" if f.default not in (None, "", False) else ""
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        return f" [default: {value}]" if value else ""
+    return " (required)"
+
+
+def command_parser(cls: type, *, prog: str, description: str | None = None, epilog: str | None = None):
+    """The argparse parser of a command config: one flag (or positional) per field, plus ``--config``,
+    ``--help-config`` and ``key=value`` overrides. Values stay strings here; :func:`parse_command` types them."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or HELP_CONFIG_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument("--config", metavar="FILE.yaml", help="read options from a YAML file (keys as in --help-config)")
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default, and exit")
+    for key, f, tp in leaf_fields(cls):
+        helptext = f.metadata.get("help", "") + _default_text(f)
+        choices = f.metadata.get("choices")
+        if "positional" in f.metadata:
+            nargs = f.metadata["positional"]
+            p.add_argument(key, nargs=None if nargs == "1" else nargs, help=helptext,
+                           metavar=f.metadata.get("metavar", key.upper()), default=argparse.SUPPRESS)
+            continue
+        flag = _flag(key, f)
+        if _strip_optional(tp)[0] is bool:
+            p.add_argument(flag, dest=key, action="store_const", const=True, default=argparse.SUPPRESS,
+                           help=helptext)
+            if not flag.startswith("--no-"):
+                p.add_argument("--no-" + flag[2:], dest=key, action="store_const", const=False,
+                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            continue
+        listy = typing.get_origin(_strip_optional(tp)[0]) in (list, tuple)
+        p.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=helptext, choices=None,
+                       metavar=f.metadata.get("metavar") or ("|".join(map(str, choices)) if choices else None),
+                       nargs="+" if listy else None)
+    return p
+
+
+def _split_overrides(argv: list[str], keys: set[str], has_positional: bool) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from what argparse should read. A token is an override when its key
+    is a config key, or (so a typo gets "did you mean") looks like one and the command takes no positional
+    argument it could be, or is close to a key."""
+    import re
+
+    rest, overrides = [], []
+    sections = {k.split(".")[0] for k in keys if "." in k}
+    for tok in argv:
+        key, sep, _ = tok.partition("=")
+        looks = bool(sep) and re.fullmatch(r"[A-Za-z_][\w.-]*", key) is not None
+        known = key in keys or key.split(".")[0] in sections
+        if looks and (known or not has_positional or difflib.get_close_matches(key, keys, n=1, cutoff=0.8)):
+            overrides.append(tok)
+        else:
+            rest.append(tok)
+    return rest, overrides
+
+
+def parse_command(cls: type[T], argv: list[str], *, prog: str, description: str | None = None,
+                  epilog: str | None = None, require: bool = True) -> T | None:
+    """Parse a command line into ``cls``; None when ``--help-config`` was asked (it has printed the keys).
+
+    ``require=False`` (``bpo pipeline`` checking a recipe before it runs) skips the checks that need files
+    made by earlier steps: ``validate(require_paths=False)`` where the config's ``validate`` takes it.
+    """
+    fields = leaf_fields(cls)
+    keys = {k for k, _, _ in fields}
+    rest, overrides = _split_overrides(list(argv), keys, any("positional" in f.metadata for _, f, _ in fields))
+    parser = command_parser(cls, prog=prog, description=description, epilog=epilog)
+    ns = parser.parse_args(rest)
+    if ns.help_config:
+        print(f"{prog}: every option as a config key (YAML via --config, or key=value)")
+        print(format_help(cls))
+        return None
+    data = load_yaml(ns.config) if ns.config else {}
+    typed = {k: v for k, v in vars(ns).items() if k not in ("config", "help_config")}
+    # flags and key=value overrides are one layer; a key given both ways keeps the key=value spelling
+    cli: dict = {}
+    for key, value in typed.items():
+        _set_dotted(cli, key, value)
+    data = _deep_merge(_deep_merge(data, cli), parse_overrides(overrides))
+    missing = [k for k, f, _ in leaf_fields(cls) if _is_required(f) and _get_dotted(data, k) is None]
+    if missing:
+        f = dict((k, f) for k, f, _ in leaf_fields(cls))[missing[0]]
+        spell = missing[0].upper() if "positional" in f.metadata else f"{_flag(missing[0], f)} (or {missing[0]}=...)"
+        raise BpoError(f"{prog}: missing {spell}")
+    try:
+        cfg = from_dict(cls, data)
+    except BpoError as exc:
+        raise BpoError(f"{prog}: {ns.config + ': ' if ns.config else ''}{exc}") from None
+    validate = getattr(cfg, "validate", None)
+    if validate is not None:
+        import inspect
+
+        takes = "require_paths" in inspect.signature(validate).parameters
+        validate(require_paths=require) if takes else validate()
+    return cfg
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+
+
+def _get_dotted(data: dict, dotted: str) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def run_subcommands(argv: list[str], *, prog: str, description: str, table: dict) -> int:
+    """Dispatch ``prog SUB ...`` where ``table[SUB] = (ConfigClass, run(cfg) -> int, one-line help)``."""
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, table)) + 2
+        print(f"usage: {prog} {{{','.join(table)}}} ...\n\n{description}\n\ncommands:")
+        print("\n".join(f"  {name:<{width}}{desc}" for name, (_, _, desc) in table.items()))
+        print(f"\n`{prog} SUB --help` for its options; `{prog} SUB --help-config` for its config keys")
+        return 0
+    name = argv[0]
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BpoError(f"{prog}: unknown command {name!r}{hint} (known: {', '.join(table)})")
+    cls, run, desc = table[name]
+    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
+    return 0 if cfg is None else run(cfg)

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,9 +56,12 @@ def substitute(text: str, variables: dict[str, str], where: str) -> str:
     return text
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    from bpo.cli import COMMANDS
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, commands: Iterable[str]) -> Recipe:
+    """Read a recipe; ``commands`` are the names a step may run (the face passes its own table, so this
+    module never imports the CLI that calls it)."""
     from bpo.config import load_yaml
+
+    known = sorted(commands)
 
     data = load_yaml(path)
     if "steps" not in data or not isinstance(data["steps"], list) or not data["steps"]:
@@ -79,8 +83,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         name = str(raw.get("name", f"step{i}"))
         run = substitute(" ".join(str(raw["run"]).split()), variables, where)
         first = shlex.split(run)[0] if run.strip() else ""
-        if first not in COMMANDS:
-            raise BpoError(f"{where} ({name}): {first!r} is not a bpo command (known: {', '.join(COMMANDS)})")
+        if first not in known:
+            raise BpoError(f"{where} ({name}): {first!r} is not a bpo command (known: {', '.join(known)})")
         outputs = [substitute(str(o), variables, where) for o in raw.get("outputs", [])]
         steps.append(Step(name=name, run=run, outputs=outputs))
     names = [s.name for s in steps]
@@ -138,7 +142,7 @@ def _digest(step: Step) -> str:
 def _clear_outputs(step: Step) -> list[Path]:
     """Remove a step's declared outputs (files, or whole declared folders) and the resumable-job files beside
     them; returns what was removed."""
-    from bpo.bootstrap.jobs import errors_path, job_path, shard_files
+    from bpo.jobs import errors_path, job_path, shard_files
 
     removed = []
     for o in step.outputs:
@@ -154,9 +158,10 @@ def _clear_outputs(step: Step) -> list[Path]:
     return removed
 
 
-def run_recipe(recipe: Recipe, *, state_dir: Path, only: list[str] | None = None, force: bool = False,
-               dry_run: bool = False, log=print) -> list[dict]:
-    from bpo.cli import main as cli
+def run_recipe(recipe: Recipe, *, state_dir: Path, run_command: Callable[[list[str]], int],
+               only: list[str] | None = None, force: bool = False, dry_run: bool = False, log=print) -> list[dict]:
+    """Run the steps not up to date. ``run_command(argv) -> exit code`` runs one ``bpo`` command in-process;
+    the face (``bpo.cli.main``) hands itself down, so workflows below it never import it."""
 
     state_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -183,7 +188,7 @@ def run_recipe(recipe: Recipe, *, state_dir: Path, only: list[str] | None = None
                 log(f"{head}: starting over (removed {len(removed)} earlier output file(s))")
             stamp.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        code = cli(shlex.split(step.run))
+        code = run_command(shlex.split(step.run))
         dt = time.perf_counter() - t0
         if code != 0:
             raise BpoError(f"pipeline step {step.name!r} failed (exit {code}); fix it and rerun the same "

@@ -20,7 +20,7 @@ from bpo.errors import BpoError
 
 OUTPUT_ARGS = ("out", "details", "report")  # argparse dests that name files a command writes
 
-# Files a resumable job writes beside its --out (bpo.bootstrap.jobs): OUT.job.json, OUT.errors.jsonl,
+# Files a resumable job writes beside its --out (bpo.jobs): OUT.job.json, OUT.errors.jsonl,
 # OUT.shard-<rank>.jsonl and OUT.shard-<rank>.errors.jsonl.
 _JOB_SUFFIX = re.compile(r"\.(job\.json|errors\.jsonl|shard-\d+\.jsonl|shard-\d+\.errors\.jsonl)$")
 
@@ -68,7 +68,7 @@ def refuse_overwrite(outputs: dict[str, str], inputs: dict[str, str], *, job: It
 
 
 def _hardlinked_job_file(inp: str, out: str) -> bool:
-    from bpo.bootstrap.jobs import errors_path, job_path, shard_files
+    from bpo.jobs import errors_path, job_path, shard_files
 
     existing = [job_path(out), errors_path(out), *shard_files(out), *shard_files(out, ".errors.jsonl")]
     return any(f.exists() and same_file(f, inp) for f in existing)
@@ -82,6 +82,19 @@ def _strings(value) -> list[str]:
     return []
 
 
+def _flat(args, prefix: str = "") -> list[tuple[str, object]]:
+    """(key, value) of an argparse namespace or a command config, nested config sections included."""
+    import dataclasses
+
+    out = []
+    for key, value in vars(args).items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.extend(_flat(value, f"{prefix}{key}_"))
+        else:
+            out.append((prefix + key, value))
+    return out
+
+
 def check_args(args, *, outputs: Iterable[str] = OUTPUT_ARGS, job: Iterable[str] = (),
                output_dirs: Iterable[str] = ()) -> None:
     """Refuse parsed ``args`` whose output paths resolve to one of their input files.
@@ -92,7 +105,7 @@ def check_args(args, *, outputs: Iterable[str] = OUTPUT_ARGS, job: Iterable[str]
     outs = {f"--{k.replace('_', '-')}": str(v) for k in outputs + output_dirs
             if isinstance(v := getattr(args, k, None), (str, os.PathLike)) and str(v)}
     ins: dict[str, str] = {}
-    for key, value in vars(args).items():
+    for key, value in _flat(args):
         if key in outputs or key in output_dirs:
             continue
         for s in _strings(value):

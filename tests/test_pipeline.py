@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from bpo.cli import COMMANDS
 from bpo.cli import main as cli
 from bpo.errors import BpoError
 from bpo.pipeline import load_recipe, run_recipe
@@ -12,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_blind_po_recipe_loads_and_substitutes():
-    r = load_recipe(ROOT / "configs/blind_po.yaml", ["model=M", "out=O"])
+    r = load_recipe(ROOT / "configs/blind_po.yaml", ["model=M", "out=O"], commands=COMMANDS)
     assert [s.name for s in r.steps] == ["build", "blind", "train", "generate", "eval"]
     assert "bootstrap blind --model M --data O/mmsafe.jsonl" in r.steps[1].run
     assert "data.sources=human,blind" in r.steps[2].run
     assert r.steps[3].run.startswith("generate --model O/train/model")
-    lora = load_recipe(ROOT / "configs/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"])
+    lora = load_recipe(ROOT / "configs/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"], commands=COMMANDS)
     assert "--adapter runs/blind_po/train/adapter" in lora.steps[3].run
 
 
@@ -25,13 +26,13 @@ def test_recipe_errors(tmp_path):
     f = tmp_path / "r.yaml"
     f.write_text("vars: {a: 1}\nsteps:\n  - {name: x, run: 'data stats ${b}'}\n")
     with pytest.raises(BpoError, match=r"unknown variable \$\{b\}"):
-        load_recipe(f)
+        load_recipe(f, commands=COMMANDS)
     f.write_text("vars: {a: 1}\nsteps:\n  - {name: x, run: 'trian ${a}'}\n")
     with pytest.raises(BpoError, match="'trian' is not a bpo command"):
-        load_recipe(f)
+        load_recipe(f, commands=COMMANDS)
     f.write_text("vars: {a: 1}\nsteps:\n  - {name: x, run: 'data stats ${a}'}\n")
     with pytest.raises(BpoError, match="unknown variable 'c'"):
-        load_recipe(f, ["c=2"])
+        load_recipe(f, ["c=2"], commands=COMMANDS)
 
 
 def test_steps_run_once_and_rerun_when_changed(tmp_path, pref_file, capsys):
@@ -46,12 +47,12 @@ def test_steps_run_once_and_rerun_when_changed(tmp_path, pref_file, capsys):
         "    outputs: ['${out}/copy.jsonl']\n")
     out = tmp_path / "o"
     state = out / ".pipeline"
-    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"]), state_dir=state, log=lambda *_: None)
+    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"], commands=COMMANDS), state_dir=state, run_command=cli, log=lambda *_: None)
     assert [r["status"] for r in res] == ["ran", "ran"] and (out / "copy.jsonl").exists()
-    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"]), state_dir=state, log=lambda *_: None)
+    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"], commands=COMMANDS), state_dir=state, run_command=cli, log=lambda *_: None)
     assert [r["status"] for r in res] == ["skipped", "skipped"]
     (out / "copy.jsonl").unlink()  # a lost output makes its step run again
-    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"]), state_dir=state, log=lambda *_: None)
+    res = run_recipe(load_recipe(f, [f"data={pref_file}", f"out={out}"], commands=COMMANDS), state_dir=state, run_command=cli, log=lambda *_: None)
     assert [r["status"] for r in res] == ["skipped", "ran"]
     # through the CLI, with a failing step: one-line error naming the step
     bad = tmp_path / "bad.yaml"
@@ -77,8 +78,8 @@ def test_later_steps_rerun_from_scratch_after_an_earlier_step_ran(tmp_path, pref
     state = out / ".pipeline"
 
     def run(tag):
-        recipe = load_recipe(f, [f"data={pref_file}", f"out={out}", f"tag={tag}"])
-        return [r["status"] for r in run_recipe(recipe, state_dir=state, log=lambda *_: None)]
+        recipe = load_recipe(f, [f"data={pref_file}", f"out={out}", f"tag={tag}"], commands=COMMANDS)
+        return [r["status"] for r in run_recipe(recipe, state_dir=state, run_command=cli, log=lambda *_: None)]
 
     assert run("a") == ["ran", "ran"]
     stale = [out / "second.jsonl.shard-0.jsonl", out / "second.jsonl.job.json"]

@@ -19,7 +19,7 @@ items, i.e. kept_rate 0.5). Refusal is detected with the rule-based ``refusal`` 
 only a refusal detector measures what this probe is about.
 
 The pure metrics are :func:`co_defense_metrics` and :func:`cheating_metrics`; :func:`analyze_modality`
-runs the probe on response files (pre-generated, or generated with :class:`bpo.bootstrap.engine.HFEngine`).
+runs the probe on response files (pre-generated, or generated with :class:`bpo.models.generation.HFEngine`).
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def is_refusal(response: str) -> tuple[bool, str]:
 # ---- responses -----------------------------------------------------------------------------------------
 def generate_responses(engine, records: list, settings) -> tuple[dict[str, dict], dict[str, str]]:
     """``({id: response row}, {id: error})`` from the batched engine, rows in ``bpo generate``'s format."""
-    from bpo.bootstrap.engine import Request
     from bpo.eval.safety import prompt_text
+    from bpo.models.generation import Request
 
     gens = engine.generate([Request(rec.id, rec) for rec in records], settings)
     rows, errors = {}, {}
@@ -258,7 +258,7 @@ def _cheating(inputs: ModalityInputs, refused: list, out: Path, engine, settings
     if engine is None:
         return {"status": "needs responses", "reason": f"answer {out / 'swapped_records.jsonl'} (image root "
                 f"{pool.root}) and pass the file as --swapped-responses"}, {}
-    from bpo.bootstrap.engine import HFEngine
+    from bpo.models.generation import HFEngine
 
     swap_engine = HFEngine(engine.model, engine.processor, image_root=pool.root, batch_size=engine.batch_size)
     rows, errs = generate_responses(swap_engine, swapped, settings)

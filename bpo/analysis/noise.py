@@ -210,10 +210,10 @@ def greedy_by_step(model, processor, records_or_items: Sequence, steps: Sequence
 
     The noise is the first-seed draw of :func:`noise_curve` (same seed, item id and step), so the
     answer belongs to exactly the image whose probabilities are plotted. Generation goes through
-    :class:`bpo.bootstrap.engine.HFEngine` (its batching, end-of-turn handling and decoding).
+    :class:`bpo.models.generation.HFEngine` (its batching, end-of-turn handling and decoding).
     """
-    from bpo.bootstrap.engine import Encoded, HFEngine, Request, SamplingSettings
     from bpo.bootstrap.weaken import noise_vision
+    from bpo.models.generation import Encoded, HFEngine, Request, SamplingSettings
 
     items = as_items(records_or_items, image_root=image_root)
     steps = parse_steps(steps)

@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from bpo.bootstrap.engine import Request, SamplingSettings
-from bpo.bootstrap.jobs import Outcome, fail, record_row
 from bpo.data.records import Negative, Record
+from bpo.jobs import Outcome, fail, record_row
+from bpo.models.generation import Request, SamplingSettings
 
 
 class AnswerGenerator:

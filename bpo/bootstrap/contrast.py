@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bpo.bootstrap.engine import Encoded, Generation, HFEngine, Request, SamplingSettings, projector_hook
+from bpo.models.generation import Encoded, Generation, HFEngine, Request, SamplingSettings, projector_hook
 
 
 def combine_logits(l_noisy: torch.Tensor, l_clean: torch.Tensor, alpha: float,

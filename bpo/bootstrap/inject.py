@@ -28,11 +28,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from bpo.bootstrap.engine import Generation, Request, SamplingSettings, derive_seed
-from bpo.bootstrap.jobs import Outcome, record_row
 from bpo.data.records import Negative, Record
 from bpo.errors import BpoError, RecordError
+from bpo.jobs import Outcome, record_row
 from bpo.llm import NO_AUTH_KEY, openai_client
+from bpo.models.generation import Generation, Request, SamplingSettings, derive_seed
 from bpo.paths import package_file
 from bpo.registry import Registry
 
@@ -115,7 +115,7 @@ def rejection_reason(text: str, *, answer: str, question: str, prompt: str, temp
 
 
 class EngineBackend:
-    """``self`` / ``hf``: a local model behind :class:`bpo.bootstrap.engine.HFEngine` (text-only prompt)."""
+    """``self`` / ``hf``: a local model behind :class:`bpo.models.generation.HFEngine` (text-only prompt)."""
 
     def __init__(self, engine, settings: SamplingSettings, name: str = "self"):
         self.engine, self.settings, self.name = engine, settings, name
@@ -174,7 +174,7 @@ class OpenAIBackend:
 def self_backend(*, settings: SamplingSettings, model: str | None, engine: str = "hf", dtype: str = "float32",
                  adapter: str | None = None, batch_size: int = 8, device=None, **_) -> EngineBackend:
     """The MLLM itself, prompted with text only (the paper's choice: the MLLM's own LLM)."""
-    from bpo.bootstrap.engine import ENGINES
+    from bpo.models.engines import ENGINES
 
     if not model:
         raise BpoError("--backend self needs --model (the MLLM whose language model rewrites the answers)")
@@ -185,7 +185,7 @@ def self_backend(*, settings: SamplingSettings, model: str | None, engine: str =
 def hf_backend(*, settings: SamplingSettings, lm: str | None, dtype: str = "float32", batch_size: int = 8,
                device=None, **_) -> EngineBackend:
     """Any local causal LM (e.g. the MLLM's original backbone, vicuna-7b-v1.5 for LLaVA-1.5)."""
-    from bpo.bootstrap.engine import build_text_engine
+    from bpo.models.generation import build_text_engine
 
     if not lm:
         raise BpoError("--backend hf needs --lm PATH_OR_ID (a causal language model)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import re
 
-from bpo.bootstrap.engine import Generation, SamplingSettings, derive_seed
+from bpo.models.generation import Generation, SamplingSettings, derive_seed
 
 COUNTS = ["one", "two", "three", "four", "five", "six"]
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "brown", "orange", "purple", "pink", "gray"]
@@ -43,7 +43,7 @@ class RuleBackend:
     name = "rules"
 
     def __init__(self, settings: SamplingSettings, vocab_path: str | None = None):
-        from bpo.eval.objects import load_vocabulary
+        from bpo.data.objects import load_vocabulary
 
         self.settings = settings
         self.vocab = load_vocabulary(vocab_path)

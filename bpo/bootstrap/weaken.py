@@ -33,10 +33,10 @@ from collections.abc import Sequence
 
 import torch
 
-from bpo.bootstrap.engine import HFEngine, Request, SamplingSettings, cpu_generator
-from bpo.bootstrap.jobs import Outcome, fail, record_row
 from bpo.data.records import Negative, Record
 from bpo.errors import BpoError
+from bpo.jobs import Outcome, fail, record_row
+from bpo.models.generation import HFEngine, Request, SamplingSettings, cpu_generator
 
 NUM_STEPS = 1000
 BETA_START, BETA_END = 1e-5, 5e-3

@@ -185,7 +185,7 @@ def _modality(args) -> int:
     engine = settings = None
     needs_generation = not all(responses.values()) or (args.benign_images and not args.swapped_responses)
     if args.model and needs_generation:
-        from bpo.bootstrap.engine import SamplingSettings, build_hf_engine
+        from bpo.models.generation import SamplingSettings, build_hf_engine
 
         engine = build_hf_engine(args.model, dtype=args.dtype, adapter=args.adapter, image_root=args.image_root,
                                  batch_size=args.batch_size, device=_device(args.device))

@@ -63,7 +63,7 @@ def add_generation_args(p: argparse.ArgumentParser, *, temperature: float, top_p
 
 
 def settings_from(args):
-    from bpo.bootstrap.engine import SamplingSettings
+    from bpo.models.generation import SamplingSettings
 
     return SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=tuple(args.stop))
@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def run_generator(args, build, desc: str) -> int:
     """Load the input, build the generator (after the distributed context is known), run, report."""
-    from bpo.bootstrap.jobs import dist_context, load_input, run_job
+    from bpo.jobs import dist_context, load_input, run_job
     from bpo.models.identity import weights_fingerprint
 
     rank, world, barrier, device = dist_context()
@@ -150,7 +150,7 @@ def run_generator(args, build, desc: str) -> int:
 
 
 def engine_from_args(args, device):
-    from bpo.bootstrap.engine import ENGINES
+    from bpo.models.engines import ENGINES
 
     return ENGINES.get(args.engine)(args.model, dtype=args.dtype, adapter=args.adapter,
                                     image_root=getattr(args, "image_root", None), batch_size=args.batch_size,
@@ -197,7 +197,7 @@ def _inject(args) -> int:
 
 
 def _merge(args) -> int:
-    from bpo.bootstrap.jobs import errors_path, merge_shards
+    from bpo.jobs import errors_path, merge_shards
 
     n, missing = merge_shards(args.data, args.out)
     extra = f"; {missing} input id(s) missing, see {errors_path(args.out)}" if missing else ""

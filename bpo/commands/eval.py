@@ -127,9 +127,9 @@ def _finish(args, task: str, metrics: dict, details: list[dict], counts: dict, i
 
 
 def _chair(args) -> int:
+    from bpo.data.objects import load_vocabulary
     from bpo.eval.chair import evaluate_chair, load_object_truth
     from bpo.eval.inputs import join
-    from bpo.eval.objects import load_vocabulary
 
     vocab = load_vocabulary(args.vocab)
     from bpo.eval.formats import load_responses_any  # bpo rows, or RLHF-V / LLaVA answer files

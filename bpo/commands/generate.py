@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     from bpo.safeguard import check_args
 
     check_args(args, job=("out",))  # --out (and its shards) may not be an input
-    from bpo.bootstrap.jobs import errors_path, merge_shards
     from bpo.eval.protocols import apply_preset, check_records
+    from bpo.jobs import errors_path, merge_shards
 
     preset = apply_preset(args, argv)
 
@@ -52,10 +52,10 @@ def main(argv: list[str]) -> int:
         print(f"merged {n} row(s) -> {args.out}" + (f"; {missing} missing, see {errors_path(args.out)}"
                                                      if missing else ""))
         return 0
-    from bpo.bootstrap.jobs import dist_context, run_job
     from bpo.commands.bootstrap import engine_from_args, settings_from
     from bpo.errors import BpoError
     from bpo.eval.generate import ResponseGenerator, read_eval_records
+    from bpo.jobs import dist_context, run_job
     from bpo.models.identity import weights_fingerprint
 
     if not args.model:

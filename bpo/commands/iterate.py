@@ -35,7 +35,9 @@ def main(argv: list[str]) -> int:
         cfg.validate()
         result = write_iteration_report(cfg, build_steps(cfg, write_round_inputs(cfg))[1])
     else:
-        result = run_iterate(cfg, force=args.force, dry_run=args.dry_run)
+        from bpo.cli import main as run_command
+
+        result = run_iterate(cfg, run_command=run_command, force=args.force, dry_run=args.dry_run)
     for claim in result.get("verdicts", []):
         print(claim["text"])
     if result.get("report"):

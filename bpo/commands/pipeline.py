@@ -16,12 +16,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--state-dir", default=None, help="where step stamps go (default: <out var>/.pipeline or "
                                                       "./.bpo_pipeline)")
     args = p.parse_args(argv)
+    from bpo.cli import COMMANDS
+    from bpo.cli import main as run_command
     from bpo.pipeline import load_recipe, run_recipe
 
-    recipe = load_recipe(args.recipe, args.vars)
+    recipe = load_recipe(args.recipe, args.vars, commands=COMMANDS)
     if recipe.description:
         print(recipe.description.strip())
     state = Path(args.state_dir) if args.state_dir else Path(recipe.vars.get("out", ".")) / ".pipeline"
     only = [s for s in args.only.split(",") if s]
-    run_recipe(recipe, state_dir=state, only=only, force=args.force, dry_run=args.dry_run)
+    run_recipe(recipe, state_dir=state, run_command=run_command, only=only, force=args.force, dry_run=args.dry_run)
     return 0

@@ -35,6 +35,10 @@ from bpo.io import _check_readable, atomic_write, read_json_or_jsonl, read_jsonl
 from bpo.registry import Registry
 
 IMPORTERS = Registry("import format")
+# POVID and RLAIF-V rows live in their own module, which reuses the helpers below; registered lazily so the
+# two modules do not import each other.
+IMPORTERS.register("povid", "bpo.data.importers_pairs:import_povid")
+IMPORTERS.register("rlaif_v", "bpo.data.importers_pairs:import_rlaif_v")
 IMAGE_MARKER = "<image>"
 # Bootstrapped-PO completion types -> our negative sources (methods.md §1.2-1.4).
 BOOTSTRAPPED_SOURCES = {"mllm-hal": "weakened", "llm-hal": "injected"}
@@ -668,6 +672,3 @@ def _disambiguate(batch: list[Record], seen: dict[str, str]) -> int:
         n += 1
     return n
 
-
-# POVID and RLAIF-V rows live in their own module; importing it registers them (it needs the helpers above).
-from bpo.data import importers_pairs  # noqa: E402,F401

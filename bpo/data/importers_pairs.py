@@ -1,6 +1,6 @@
 """Importers for preference sets published as pairs: POVID and openbmb/RLAIF-V-Dataset.
 
-Registered in :data:`bpo.data.importers.IMPORTERS` when :mod:`bpo.data.importers` is imported; they reuse
+Registered lazily in :data:`bpo.data.importers.IMPORTERS` (by name, so nothing imports round); they reuse
 its LLaVA-turn parsing, id and image helpers. Formats: docs/data.md.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from bpo.data.importers import (
-    IMPORTERS,
     ImportOptions,
     _extra_meta,
     _image_list,
@@ -23,7 +22,6 @@ from bpo.errors import RecordError
 
 
 # ---- povid --------------------------------------------------------------------------------------
-@IMPORTERS.register("povid")
 def import_povid(row: dict, where: str, *, opts: ImportOptions | None = None) -> Record:
     """A POVID-style row: LLaVA ``conversations`` (chosen) + ``rejected_conversations`` (same turns, the
     last gpt answer dispreferred). The rejected answers were made by hallucination injection (source
@@ -52,7 +50,6 @@ def import_povid(row: dict, where: str, *, opts: ImportOptions | None = None) ->
 _RLAIF_KNOWN = {"question", "chosen", "rejected", "image", "image_path", "idx"}
 
 
-@IMPORTERS.register("rlaif_v")
 def import_rlaif_v(row: dict, where: str, *, opts: ImportOptions | None = None) -> Record:
     """An openbmb/RLAIF-V-Dataset row (``question``, ``chosen``, ``rejected``, ``image`` {bytes, path},
     ``image_path``, ``idx``, ``ds_name``, ``origin_*``). Both answers are model outputs ranked by AI

@@ -27,7 +27,7 @@ word, repeats included), truth objects *T* and hallucination-prone objects *A*, 
 Matching (``matching``): the reference also counts a noun as an object when spaCy's ``en_core_web_lg``
 vector similarity exceeds 0.8. ``spacy`` mode does that (optional dependency, imported lazily);
 ``offline`` mode (the default, always available) uses exact words plus AMBER's own association lists.
-Noun extraction (``nouns``): ``rules`` (default) lower-cases, singularizes with :mod:`bpo.eval.words`,
+Noun extraction (``nouns``): ``rules`` (default) lower-cases, singularizes with :mod:`bpo.data.words`,
 and counts a few words that are usually verbs or modals ("can", "watch", "hot") only after a determiner;
 ``nltk`` uses NLTK's tagger and WordNet lemmatizer as the reference does (needs NLTK's data).
 
@@ -174,7 +174,7 @@ def _int_id(value, where: str) -> int:
 # ---- noun extraction and matching ----------------------------------------------------------------------------
 def nouns_rules(text: str, data: AmberData) -> list[str]:
     """Hallucination words used as nouns in ``text``, in order, repeats kept (see module doc)."""
-    from bpo.eval.words import singularize
+    from bpo.data.words import singularize
 
     tokens = [t[:-2] if t.endswith("'s") else t
               for t in _WORD_RE.findall(text.lower().replace("\u2019", "'"))]

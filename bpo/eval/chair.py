@@ -19,7 +19,7 @@ vocabulary) or a COCO instances JSON (``images[].id/file_name``, ``annotations[]
 category_id``, ``categories[].id/name``). Ground-truth names the vocabulary does not know are
 dropped from ``G_r`` (they could never be matched) and reported per item and in the counts.
 Departures from the reference code: our own synonym table, singularizer and the colour rule for
-"orange" (see :mod:`bpo.eval.objects`); each object is counted once per response.
+"orange" (see :mod:`bpo.data.objects`); each object is counted once per response.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from bpo.data.objects import Vocabulary
 from bpo.errors import BpoError, RecordError
-from bpo.eval.objects import Vocabulary
 from bpo.io import read_json
 
 # Our own wording of 8 detailed-description requests, rotated over the images as in Object-HalBench.

@@ -9,7 +9,7 @@ Output: one JSONL row per record, in input order, deduplicated by id::
 
 ``meta`` is the record's own ``meta`` (labels, object lists, categories the metrics need). The run
 uses the bootstrap engine, so it is batched, seeded, resumable after a kill and data-parallel under
-``accelerate launch`` (see :mod:`bpo.bootstrap.jobs`). An empty response is a response (it is
+``accelerate launch`` (see :mod:`bpo.jobs`). An empty response is a response (it is
 written and scored), not an error; only unusable inputs (missing or corrupt images) are errors.
 """
 
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import copy
 
-from bpo.bootstrap.engine import Request, SamplingSettings
-from bpo.bootstrap.jobs import Outcome, fail
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
 from bpo.io import read_jsonl
+from bpo.jobs import Outcome, fail
+from bpo.models.generation import Request, SamplingSettings
 
 NO_REFERENCE = "(no reference answer)"
 

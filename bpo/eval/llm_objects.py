@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 
+from bpo.data.objects import Vocabulary
 from bpo.eval.chair import chair_metrics
 from bpo.eval.grading import GradeRequest, mean
-from bpo.eval.objects import Vocabulary
 
 TEMPLATE = "chair_objects_v1"
 FIELDS = ("response",)

@@ -227,7 +227,7 @@ class PolicyJudge:
 
     def engine(self):
         if self._engine is None:
-            from bpo.bootstrap.engine import build_hf_engine
+            from bpo.models.generation import build_hf_engine
 
             self._engine = build_hf_engine(self.model, dtype=self.dtype, adapter=self.adapter,
                                            image_root=self.image_root, batch_size=self.batch_size,
@@ -266,7 +266,7 @@ class PolicyJudge:
         return [[grades[(i, order)] for order in orders] for i in range(len(pairs))]
 
     def _generate(self, items: list[tuple[str, Record]]) -> list[tuple[str, dict]]:
-        from bpo.bootstrap.engine import Request, SamplingSettings
+        from bpo.models.generation import Request, SamplingSettings
 
         engine = self.engine()
         gens = engine.generate([Request(k, rec) for k, rec in items],

@@ -347,5 +347,5 @@ def chair_protocol(args, items: list[tuple[str, dict, object]], gt_kind: str, vo
         images = [f"gt:{(r.get('meta') or {}).get('image_id', rid)}" for rid, r, _ in items]
     notes = [f"prepared as {', '.join(custom)}: not the pinned protocol"] if custom else None
     return describe("chair", rows, protocol=name, images=images, config=config, notes=notes,
-                    scoring={"vocab": vocab, "gt_format": gt_kind, "matcher": "bpo.eval.objects (rules)"},
+                    scoring={"vocab": vocab, "gt_format": gt_kind, "matcher": "bpo.data.objects (rules)"},
                     max_new_tokens=getattr(args, "max_new_tokens", None))

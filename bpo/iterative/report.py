@@ -217,7 +217,7 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
 
 def write_iteration_report(cfg, paths: list, *, extra_metrics=None, title: str | None = None) -> dict:
     """Collect every evaluated round, write rounds.json / report.md / rounds.png; return the rows and verdicts."""
-    from bpo.eval.objects import load_vocabulary
+    from bpo.data.objects import load_vocabulary
     from bpo.io import atomic_write, write_json
 
     vocab = load_vocabulary(cfg.vocab)

@@ -262,10 +262,11 @@ def build_steps(cfg: IterateConfig, sft_files: list[Path]) -> tuple[list, list[R
     return steps, paths
 
 
-def run_iterate(cfg: IterateConfig, *, force: bool = False, dry_run: bool = False, extra_metrics=None,
-                log=print) -> dict:
+def run_iterate(cfg: IterateConfig, *, run_command, force: bool = False, dry_run: bool = False,
+                extra_metrics=None, log=print) -> dict:
     """Run (or resume) every round, then write the report. ``extra_metrics(r, adapter|None) -> dict`` adds
-    measurements the report cannot derive from files (the toy world's prior pull)."""
+    measurements the report cannot derive from files (the toy world's prior pull). ``run_command(argv)``
+    runs one ``bpo`` command in-process (the face passes ``bpo.cli.main``)."""
     from bpo.iterative.report import write_iteration_report
     from bpo.pipeline import Recipe, run_recipe
 
@@ -273,7 +274,7 @@ def run_iterate(cfg: IterateConfig, *, force: bool = False, dry_run: bool = Fals
     sft_files = write_round_inputs(cfg, write=not dry_run)
     steps, paths = build_steps(cfg, sft_files)
     recipe = Recipe(path="bpo iterate", vars={}, steps=steps)
-    results = run_recipe(recipe, state_dir=Path(cfg.out) / ".pipeline", force=force, dry_run=dry_run, log=log)
+    results = run_recipe(recipe, state_dir=Path(cfg.out) / ".pipeline", run_command=run_command, force=force, dry_run=dry_run, log=log)
     if dry_run:
         return {"steps": results}
     report = write_iteration_report(cfg, paths, extra_metrics=extra_metrics)

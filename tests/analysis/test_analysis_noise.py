@@ -130,7 +130,7 @@ def test_probe_items_with_in_memory_images_and_plot(llava):
 
 
 def test_greedy_by_step_matches_the_engine_on_the_clean_image(llava, image_root):
-    from bpo.bootstrap.engine import HFEngine, Request, SamplingSettings
+    from bpo.models.generation import HFEngine, Request, SamplingSettings
 
     model, processor = llava
     rec = _record()

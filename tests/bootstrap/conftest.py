@@ -34,14 +34,14 @@ def image_root(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def llava_engine(tiny_llava, image_root):
-    from bpo.bootstrap.engine import build_hf_engine
+    from bpo.models.generation import build_hf_engine
 
     return build_hf_engine(tiny_llava, image_root=image_root, batch_size=8)
 
 
 @pytest.fixture(scope="session")
 def qwen_engine(tiny_qwen, image_root):
-    from bpo.bootstrap.engine import build_hf_engine
+    from bpo.models.generation import build_hf_engine
 
     return build_hf_engine(tiny_qwen, image_root=image_root, batch_size=8)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from bpo.bootstrap.contrast import combine_logits, contrast_generate
-from bpo.bootstrap.engine import Request, SamplingSettings
 from bpo.bootstrap.weaken import noise_vision
+from bpo.models.generation import Request, SamplingSettings
 
 STEP = 999
 MAX_NEW = 8

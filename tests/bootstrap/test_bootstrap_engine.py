@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bpo.bootstrap.engine import (
+from bpo.errors import BpoError
+from bpo.models.generation import (
     Request,
     RowSampler,
     SamplingSettings,
@@ -14,7 +15,6 @@ from bpo.bootstrap.engine import (
     derive_seed,
     top_p_filter,
 )
-from bpo.errors import BpoError
 
 
 def _texts(gens):
@@ -126,8 +126,8 @@ def test_text_only_engine_with_plain_causal_lm(tmp_path):
     """``--backend hf``: a tokenizer without chat template gets the Vicuna wrapper; generation works."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from bpo.bootstrap.engine import build_text_engine
     from bpo.data.records import Record
+    from bpo.models.generation import build_text_engine
     from bpo.models.tiny import build_tokenizer
 
     tok = build_tokenizer([])

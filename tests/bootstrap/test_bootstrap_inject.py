@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from bootstrap_helpers import read_rows, record, write_jsonl
 
-from bpo.bootstrap.engine import Generation, SamplingSettings
 from bpo.bootstrap.inject import (
     InjectGenerator,
     OpenAIBackend,
@@ -22,6 +21,7 @@ from bpo.bootstrap.inject import (
 )
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
+from bpo.models.generation import Generation, SamplingSettings
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 QUESTION = "What is on the table?"

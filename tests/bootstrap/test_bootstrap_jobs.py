@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from bootstrap_helpers import read_rows, record, write_jsonl
 
-from bpo.bootstrap.jobs import Outcome, errors_path, fail, merge_shards, record_row, run_job, shard_path
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
+from bpo.jobs import Outcome, errors_path, fail, merge_shards, record_row, run_job, shard_path
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,10 +3,10 @@
 import json
 import random
 
-from bpo.bootstrap.engine import SamplingSettings
 from bpo.bootstrap.rules import RuleBackend
 from bpo.cli import main as cli
 from bpo.data.records import Record
+from bpo.models.generation import SamplingSettings
 
 
 def test_each_edit_type_is_offered():

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from bpo.bootstrap.engine import Request, SamplingSettings, projector_hook
 from bpo.bootstrap.weaken import (
     WeakenGenerator,
     add_noise,
@@ -20,6 +19,7 @@ from bpo.bootstrap.weaken import (
     parse_steps,
 )
 from bpo.errors import BpoError
+from bpo.models.generation import Request, SamplingSettings, projector_hook
 
 
 def test_schedule_values_by_hand():
@@ -98,7 +98,7 @@ def test_feature_noise_reaches_only_its_record(which, llava_engine, qwen_engine,
             Request("b", records[1])]
     encoded, failed = engine.encode(reqs)
     assert not failed
-    from bpo.bootstrap.engine import find_projector
+    from bpo.models.generation import find_projector
 
     projector = find_projector(engine.model)
     inputs = engine.collate(encoded)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bpo.data.objects import Vocabulary
 from bpo.errors import BpoError
 from bpo.eval.chair import (
     chair_item,
@@ -14,7 +15,6 @@ from bpo.eval.chair import (
     prompt_for,
 )
 from bpo.eval.inputs import join
-from bpo.eval.objects import Vocabulary
 
 CASES = [  # (id, response, ground-truth names)
     ("c1", "A man throws a frisbee to his puppy on the grass.", ["person", "dog", "frisbee"]),

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from bpo.data.objects import Vocabulary, load_vocabulary
 from bpo.errors import BpoError
-from bpo.eval.objects import Vocabulary, load_vocabulary
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from bpo.eval.objects import Vocabulary
+from bpo.data.objects import Vocabulary
 from bpo.eval.pope import parse_yes_no
 
 HERE = Path(__file__).parent
@@ -54,7 +54,7 @@ KNOWN_CAPTIONS = {  # caption -> (bpo's objects, why it differs from the label)
     "An elephant and its calf walk along a river.":
         ({"elephant", "cow"}, "'calf' is a cow synonym in the table; the species is not read from context"),
     "A bat hangs from the ceiling of the cave.":
-        ({"baseball bat"}, "deliberate: 'bat' counts as the COCO object in any sense (bpo/eval/objects.py)"),
+        ({"baseball bat"}, "deliberate: 'bat' counts as the COCO object in any sense (bpo/data/objects.py)"),
     "A stuffed animal on a child's bed.":
         ({"teddy bear", "bed", "person"}, "a possessor ('child's') is a mention, as in the reference CHAIR"),
 }

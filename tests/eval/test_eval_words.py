@@ -1,10 +1,10 @@
-"""Tokenizer and rule-based singularizer (bpo.eval.words)."""
+"""Tokenizer and rule-based singularizer (bpo.data.words)."""
 
 import json
 
 import pytest
 
-from bpo.eval.words import normalize, singularize, tokenize
+from bpo.data.words import normalize, singularize, tokenize
 from bpo.paths import package_file
 
 
@@ -62,10 +62,10 @@ def test_every_coco_synonym_round_trips():
     This is what makes "two teddy bears" and "the knives" hit the table entries. (The plural may
     singularize to a sibling synonym: "doggies" -> "doggie", both dog.)
     """
-    from bpo.eval.objects import Vocabulary
+    from bpo.data.objects import Vocabulary
 
     vocab = Vocabulary.coco()
-    table = json.loads(package_file("eval", "coco_objects.json").read_text())
+    table = json.loads(package_file("data", "coco_objects.json").read_text())
     deliberately_plural = {"people", "skis", "sports"}  # the table lists them as written in captions
     checked = 0
     for canon, syns in table.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bpo.cli import main as bpo
+from bpo.data.objects import Vocabulary
 from bpo.eval.grading import load_grade_template
 from bpo.eval.llm_objects import (
     FIELDS,
@@ -16,7 +17,6 @@ from bpo.eval.llm_objects import (
     map_objects,
     parse_objects,
 )
-from bpo.eval.objects import Vocabulary
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 

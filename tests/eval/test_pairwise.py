@@ -168,7 +168,7 @@ def _policy_argv(model, pref_file, image_root, tmp_path, *extra):
 def test_policy_generate_mode(tiny_llava, pref_file, image_root, tmp_path, monkeypatch):
     """The policy gets the record's conversation and image with the last user turn replaced by the
     multiple-choice question; an engine that always answers "A." is order-inconsistent on every pair."""
-    from bpo.bootstrap.engine import Generation, HFEngine
+    from bpo.models.generation import Generation, HFEngine
 
     seen = []
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
+from bpo.data.objects import load_vocabulary
 from bpo.data.records import Negative, Record, user_turn, write_records
 from bpo.errors import BpoError
 from bpo.eval.chair import ObjectTruth
-from bpo.eval.objects import load_vocabulary
 from bpo.iterative.report import (
     chair_counts,
     chair_i_of,

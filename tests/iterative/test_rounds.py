@@ -88,7 +88,7 @@ def test_killed_round_resumes_finished_round_is_kept_changed_input_redoes(tmp_pa
 
     monkeypatch.setattr(Trainer, "_optimizer_step", dies_in_round_2)
     with pytest.raises(Killed):
-        run_iterate(cfg, log=lambda *_: None)
+        run_iterate(cfg, run_command=cli, log=lambda *_: None)
     r2 = tmp_path / "it" / "round-2" / "train"
     assert (r2 / "checkpoint-1").is_dir() and not (r2 / "adapter").exists()
 
@@ -100,7 +100,7 @@ def test_killed_round_resumes_finished_round_is_kept_changed_input_redoes(tmp_pa
 
     monkeypatch.setattr(Trainer, "__init__", init)
     monkeypatch.setattr(Trainer, "_optimizer_step", real)
-    res = run_iterate(cfg, log=lambda *_: None)
+    res = run_iterate(cfg, run_command=cli, log=lambda *_: None)
     status = _status(res["steps"])
     assert all(status[s] == "skipped" for s in status if s.startswith(("r0-", "r1-")) or s == "r2-weakened")
     assert status["r2-train"] == "ran" and any("resumed from" in m and "checkpoint-1" in m for m in lines)
@@ -109,7 +109,7 @@ def test_killed_round_resumes_finished_round_is_kept_changed_input_redoes(tmp_pa
     assert [r["round"] for r in rows] == [0, 1, 2] and rows[2]["train"]["step"] == 2
 
     # a finished run is not redone
-    assert set(_status(run_iterate(cfg, log=lambda *_: None)["steps"]).values()) == {"skipped"}
+    assert set(_status(run_iterate(cfg, run_command=cli, log=lambda *_: None)["steps"]).values()) == {"skipped"}
 
     # round 2's records change: round 2 is redone from scratch, round 1 is kept
     sft = tmp_path / "sft_edited.jsonl"
@@ -118,7 +118,7 @@ def test_killed_round_resumes_finished_round_is_kept_changed_input_redoes(tmp_pa
     sft.write_text("".join(json.dumps(r) + "\n" for r in recs))
     lines.clear()
     cfg2 = _cfg(tmp_path, micro_world, "records=fresh", f"sft={sft}")
-    status = _status(run_iterate(cfg2, log=lambda *_: None)["steps"])
+    status = _status(run_iterate(cfg2, run_command=cli, log=lambda *_: None)["steps"])
     assert all(status[s] == "skipped" for s in status if s.startswith(("r0-", "r1-")))
     assert all(status[s] == "ran" for s in status if s.startswith("r2-"))
     assert not any("resumed from" in m for m in lines)  # the old round-2 folder was removed, not resumed

@@ -111,9 +111,9 @@ def test_feature_noise_reaches_only_its_record(staged, family_images):
     """Feature-space noise reaches the model: the noised record's logits move, its batch mate's do not."""
     import functools
 
-    from bpo.bootstrap.engine import Request, build_hf_engine, projector_hook
     from bpo.bootstrap.weaken import noise_features
     from bpo.data.records import Record
+    from bpo.models.generation import Request, build_hf_engine, projector_hook
 
     engine = build_hf_engine(staged["base"], image_root=family_images)
     recs = [Record.from_dict(r) for r in (ROWS[0], SHAPES[0], ROWS[1])]  # images of two shapes in one batch

@@ -81,8 +81,8 @@ def test_prompt_ids_equal_apply_chat_template(family, kind, image_root):
 
 def test_injection_prompt_reaches_the_model(family, image_root):
     """The self backend's text-only request (string content) is rendered with its text, not 'USER: ASSISTANT:'."""
-    from bpo.bootstrap.engine import HFEngine, SamplingSettings
     from bpo.bootstrap.inject import EngineBackend
+    from bpo.models.generation import HFEngine, SamplingSettings
 
     name, processor = family
 

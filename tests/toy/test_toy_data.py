@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from bpo.data.images import load_image
+from bpo.data.objects import Vocabulary
 from bpo.data.records import read_records
-from bpo.eval.objects import Vocabulary
 from bpo.toy.data import export
 from bpo.toy.world import POPE_SPLITS, World, parse_caption
 

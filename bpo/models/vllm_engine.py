@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bpo.bootstrap.engine import Generation, Request, SamplingSettings, cut_at_stop, derive_seed
 from bpo.errors import BpoError, RecordError
+from bpo.models.generation import Generation, Request, SamplingSettings, cut_at_stop, derive_seed
 
 
 class VllmEngine:

@@ -29,12 +29,6 @@ from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
 from bpo.io import stable_hash
 from bpo.models.encoding import Encoder, end_of_turn_ids
-from bpo.registry import Registry
-
-# name -> builder(model_path, dtype=, adapter=, image_root=, batch_size=, device=) -> engine
-ENGINES = Registry("generation engine")
-ENGINES.register("hf", "bpo.bootstrap.engine:build_hf_engine")
-ENGINES.register("vllm", "bpo.bootstrap.vllm_engine:build_vllm_engine")
 
 # Multimodal projector modules (the output is the sequence of image embeddings fed to the LM).
 PROJECTOR_SUFFIXES = ("multi_modal_projector", "mm_projector", "visual.merger", "model.connector")

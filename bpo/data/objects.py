@@ -1,7 +1,7 @@
 """Object vocabularies: which words in a response name which object (for CHAIR).
 
 A :class:`Vocabulary` maps surface phrases to canonical object names. The default is bpo's own
-synonym table for the 80 COCO categories (``bpo/eval/coco_objects.json``); any other vocabulary is a
+synonym table for the 80 COCO categories (``bpo/data/coco_objects.json``); any other vocabulary is a
 JSON file ``{canonical: [synonym, ...]}`` (the toy world's "red circle" objects, a custom
 benchmark), with optional reserved keys:
 
@@ -17,7 +17,7 @@ benchmark), with optional reserved keys:
   that are also colour names.
 * ``"_comment"`` / ``"_name"``: free text, ignored.
 
-Matching (after :func:`bpo.eval.words.normalize`: lower-case, tokenized, singularized) is longest
+Matching (after :func:`bpo.data.words.normalize`: lower-case, tokenized, singularized) is longest
 match first, so "hot dog" is a hot dog and not a dog, "teddy bear" is not a bear, "microwave oven"
 is not an oven. Matches never cross punctuation.
 
@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from bpo.data.words import is_plural, is_word, normalize, singularize, tokenize
 from bpo.errors import BpoError
-from bpo.eval.words import is_plural, is_word, normalize, singularize, tokenize
 from bpo.io import read_json
 from bpo.paths import package_file
 
@@ -318,7 +318,7 @@ def _colour_context(raw: list[str], norm: list[str], i: int) -> bool:
 
 @lru_cache(maxsize=1)
 def _coco_vocab() -> Vocabulary:
-    path = package_file("eval", COCO_VOCAB_FILE)
+    path = package_file("data", COCO_VOCAB_FILE)
     vocab = Vocabulary.from_file(path)
     vocab.name = "coco"
     return vocab
