@@ -391,11 +391,24 @@ def run_subcommands(argv: list[str], *, prog: str, description: str, table: dict
         print("\n".join(f"  {name:<{width}}{desc}" for name, (_, _, desc) in table.items()))
         print(f"\n`{prog} SUB --help` for its options; `{prog} SUB --help-config` for its config keys")
         return 0
-    name = argv[0]
+    name = _subcommand(argv, prog, table)
+    cls, run, desc = table[name]
+    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
+    return 0 if cfg is None else run(cfg)
+
+
+def check_subcommands(argv: list[str], *, prog: str, table: dict) -> None:
+    """Parse ``prog SUB ...`` as :func:`run_subcommands` would, with ``require=False``, and run nothing
+    (``bpo pipeline`` checks every step of a recipe this way before the first one runs)."""
+    name = _subcommand(argv, prog, table)
+    cls, _, desc = table[name]
+    parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc, require=False)
+
+
+def _subcommand(argv: list[str], prog: str, table: dict) -> str:
+    name = argv[0] if argv else ""
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise BpoError(f"{prog}: unknown command {name!r}{hint} (known: {', '.join(table)})")
-    cls, run, desc = table[name]
-    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
-    return 0 if cfg is None else run(cfg)
+    return name
