@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_blind_po_recipe_loads_and_substitutes():
-    r = load_recipe(ROOT / "configs/blind_po.yaml", ["model=M", "out=O"], commands=COMMANDS)
+    r = load_recipe(ROOT / "configs/recipes/blind_po.yaml", ["model=M", "out=O"], commands=COMMANDS)
     assert [s.name for s in r.steps] == ["build", "blind", "train", "generate", "eval"]
     assert "bootstrap blind --model M --data O/mmsafe.jsonl" in r.steps[1].run
     assert "data.sources=human,blind" in r.steps[2].run
     assert r.steps[3].run.startswith("generate --model O/train/model")
-    lora = load_recipe(ROOT / "configs/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"], commands=COMMANDS)
+    lora = load_recipe(ROOT / "configs/recipes/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"], commands=COMMANDS)
     assert "--adapter runs/blind_po/train/adapter" in lora.steps[3].run
 
 

@@ -141,7 +141,7 @@ def test_shipped_iterate_config_parses_and_its_train_settings_apply():
     from bpo.train.config import TrainConfig
 
     root = Path(__file__).resolve().parents[2]
-    cfg = load_config(IterateConfig, root / "configs" / "iterative_bpo.yaml")
+    cfg = load_config(IterateConfig, root / "configs" / "recipes" / "iterative_bpo.yaml")
     assert (cfg.rounds, cfg.reference, cfg.sources) == (3, "previous", ["weakened", "injected"])
     train = load_config(TrainConfig, root / cfg.train_config, _flatten(cfg.train))
     assert train.run.epochs == 1 and train.lora.r == 64
