@@ -152,3 +152,5 @@ def test_pipeline_help_config_and_own_options(tmp_path, pref_file, capsys):
     assert cli(["pipeline", str(f), f"data={pref_file}", "only=b", f"state_dir={tmp_path / 's'}", "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "[2/2] b: bpo data stats" in printed and "[1/2]" not in printed
+    assert cli(["pipeline", str(f), "--only", "c", "--dry-run"]) == 2
+    assert "--only 'c' is not a step of this recipe (steps: a, b)" in capsys.readouterr().err

@@ -110,10 +110,10 @@ class ModalityConfig(ModelOptions):
                                           "answers not given as files)")
     max_new_tokens: int = option(128, help="answer length when generating")
     batch_size: int = option(8, help="generation batch size")
-    seed: int = option(0, help="seed of the benign-image choice")
-    limit: int = option(0, help="use only the first N records (0 = all)")
     on_missing: str = option("error", help="a record without a response in a given file: stop or skip it",
                              choices=("error", "skip"))
+    limit: int = option(0, help="use only the first N records (0 = all)")
+    seed: int = option(0, help="seed of the benign-image choice")
     judge: str = option("refusal", help="safety judge of the co-defense probe", choices=tuple(JUDGES.names()))
     judge_model: str | None = option(None, help="llm: served model name; hf: local model directory")
     base_url: str | None = option(None, help="llm: OpenAI-compatible base URL")

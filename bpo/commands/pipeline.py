@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpo.config import option, parse_command
+from bpo.errors import BpoError
 
 EPILOG = """examples:
   bpo pipeline configs/recipes/blind_po.yaml model=llava-hf/llava-1.5-7b-hf out=runs/blind_po --dry-run
@@ -24,7 +25,7 @@ class PipelineConfig:
                          metavar="RECIPE")
     vars: list[str] = option(default_factory=list, help="recipe variable overrides name=value", positional="*",
                              metavar="NAME=VALUE")
-    only: list[str] = option(default_factory=list, help="step names to run (comma-separated)")
+    only: str = option("", help="comma-separated step names to run (default: all)")
     force: bool = option(False, help="rerun steps even if up to date")
     dry_run: bool = option(False, help="print the commands and exit")
     state_dir: str | None = option(None, help="where step stamps go (default: <out var>/.pipeline or "
@@ -48,7 +49,11 @@ def main(argv: list[str]) -> int:
     if recipe.description:
         print(recipe.description.strip())
     state = Path(cfg.state_dir) if cfg.state_dir else Path(recipe.vars.get("out", ".")) / ".pipeline"
-    only = [s for part in cfg.only for s in part.split(",") if s]
+    only = [s for s in cfg.only.split(",") if s]
+    unknown = [s for s in only if s not in {step.name for step in recipe.steps}]
+    if unknown:
+        raise BpoError(f"{cfg.recipe}: --only {unknown[0]!r} is not a step of this recipe (steps: "
+                       f"{', '.join(step.name for step in recipe.steps)})")
     run_recipe(recipe, state_dir=state, run_command=run_command, only=only, force=cfg.force, dry_run=cfg.dry_run)
     return 0
 
