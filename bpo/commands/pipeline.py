@@ -1,8 +1,8 @@
 """``bpo pipeline RECIPE.yaml [name=value ...]``: run a recipe of bpo commands, resumably.
 
 Every step's options are checked before the first step runs (a typo in the last step costs nothing).
-``name=value`` sets a recipe variable, except for this command's own keys (``only``, ``force``, ``dry_run``,
-``state_dir``; see --help-config), which configure the run.
+``name=value`` sets a recipe variable, except for this command's own keys (``recipe``, ``vars``, ``only``, ``force``,
+``dry_run``, ``state_dir``; see --help-config), which configure the run.
 """
 
 from __future__ import annotations
