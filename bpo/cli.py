@@ -82,6 +82,37 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def check_command(argv: list[str]) -> None:
+    """Parse one ``bpo`` command line without running it (``bpo pipeline``'s check of a whole recipe).
+
+    The command module's ``check(argv)`` parses with ``require=False``: files that earlier steps make need
+    not exist yet. A usage error (argparse exits) becomes a one-line :class:`BpoError`; a command that has
+    no ``check`` yet says so on stderr and passes.
+    """
+    import contextlib
+    import importlib
+    import io
+
+    from bpo.errors import BpoError
+
+    name, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if name not in COMMANDS:
+        raise BpoError(f"{name!r} is not a bpo command (known: {', '.join(COMMANDS)})")
+    check = getattr(importlib.import_module(COMMANDS[name][0]), "check", None)
+    if check is None:
+        print(f"note: `bpo {name}` cannot check its options before it runs; its step is checked when it runs",
+              file=sys.stderr)
+        return
+    usage = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(usage), contextlib.redirect_stdout(io.StringIO()):
+            check(rest)
+    except SystemExit as exc:  # argparse: an unknown option, a missing argument, a bad choice
+        if exc.code:
+            lines = [ln for ln in usage.getvalue().splitlines() if ln.strip()]
+            raise BpoError(lines[-1] if lines else f"bpo {name}: bad arguments") from None
+
+
 def _broken_pipe() -> int:
     """``bpo data stats FILE | head``: the reader left; exit quietly as a SIGPIPE'd tool does (141)."""
     import os

@@ -291,8 +291,10 @@ def command_parser(cls: type, *, prog: str, description: str | None = None, epil
         helptext = f.metadata.get("help", "") + _default_text(f)
         choices = f.metadata.get("choices")
         if "positional" in f.metadata:
-            nargs = f.metadata["positional"]
-            p.add_argument(key, nargs=None if nargs == "1" else nargs, help=helptext,
+            # never required by argparse, so a positional may come from --config or key=value too;
+            # parse_command reports a missing one
+            nargs = {"1": "?", "+": "*"}.get(f.metadata["positional"], f.metadata["positional"])
+            p.add_argument(key, nargs=nargs, help=helptext,
                            metavar=f.metadata.get("metavar", key.upper()), default=argparse.SUPPRESS)
             continue
         flag = _flag(key, f)
@@ -352,10 +354,10 @@ def parse_command(cls: type[T], argv: list[str], *, prog: str, description: str 
     for key, value in typed.items():
         _set_dotted(cli, key, value)
     data = _deep_merge(_deep_merge(data, cli), parse_overrides(overrides))
-    missing = [k for k, f, _ in leaf_fields(cls) if _is_required(f) and _get_dotted(data, k) is None]
+    missing = [k for k, f, _ in leaf_fields(cls) if _is_required(f) and _get_dotted(data, k) in (None, [])]
     if missing:
         f = dict((k, f) for k, f, _ in leaf_fields(cls))[missing[0]]
-        spell = missing[0].upper() if "positional" in f.metadata else f"{_flag(missing[0], f)} (or {missing[0]}=...)"
+        spell = f.metadata.get("metavar", missing[0].upper()) if "positional" in f.metadata else f"{_flag(missing[0], f)} (or {missing[0]}=...)"
         raise BpoError(f"{prog}: missing {spell}")
     try:
         cfg = from_dict(cls, data)
@@ -391,11 +393,24 @@ def run_subcommands(argv: list[str], *, prog: str, description: str, table: dict
         print("\n".join(f"  {name:<{width}}{desc}" for name, (_, _, desc) in table.items()))
         print(f"\n`{prog} SUB --help` for its options; `{prog} SUB --help-config` for its config keys")
         return 0
-    name = argv[0]
+    name = _subcommand(argv, prog, table)
+    cls, run, desc = table[name]
+    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
+    return 0 if cfg is None else run(cfg)
+
+
+def check_subcommands(argv: list[str], *, prog: str, table: dict) -> None:
+    """Parse ``prog SUB ...`` as :func:`run_subcommands` would, with ``require=False``, and run nothing
+    (``bpo pipeline`` checks every step of a recipe this way before the first one runs)."""
+    name = _subcommand(argv, prog, table)
+    cls, _, desc = table[name]
+    parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc, require=False)
+
+
+def _subcommand(argv: list[str], prog: str, table: dict) -> str:
+    name = argv[0] if argv else ""
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise BpoError(f"{prog}: unknown command {name!r}{hint} (known: {', '.join(table)})")
-    cls, run, desc = table[name]
-    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
-    return 0 if cfg is None else run(cfg)
+    return name

@@ -56,9 +56,11 @@ def substitute(text: str, variables: dict[str, str], where: str) -> str:
     return text
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, *, commands: Iterable[str]) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, commands: Iterable[str],
+                check: Callable[[list[str]], object] | None = None) -> Recipe:
     """Read a recipe; ``commands`` are the names a step may run (the face passes its own table, so this
-    module never imports the CLI that calls it)."""
+    module never imports the CLI that calls it). ``check(argv)``, when given, parses each step's command line
+    without running it (the face's ``check_command``), so a typo in the last step fails before the first runs."""
     from bpo.config import load_yaml
 
     known = sorted(commands)
@@ -91,7 +93,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, command
     if len(set(names)) != len(names):
         raise BpoError(f"{path}: step names must be unique")
     check_recipe_outputs(str(path), steps)
+    if check is not None:
+        check_steps(str(path), steps, check)
     return Recipe(path=str(path), vars=variables, steps=steps, description=str(data.get("description", "")))
+
+
+def check_steps(path: str, steps: list[Step], check: Callable[[list[str]], object]) -> None:
+    """Every step's options, before anything runs: an unknown option, a bad value or a missing required one
+    fails here, naming the recipe, the step and the option. Files that earlier steps will make need not exist
+    (the commands check with ``require=False``)."""
+    for i, step in enumerate(steps, 1):
+        try:
+            check(shlex.split(step.run))
+        except BpoError as exc:
+            raise BpoError(f"{path}: step {i} ({step.name!r}): {exc}; fix the step's options (nothing has run)") \
+                from None
 
 
 _OUT_FLAGS = ("--out", "--details", "--report")

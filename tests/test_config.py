@@ -54,27 +54,47 @@ def test_invalid_yaml_names_file_and_line(tmp_path):
         load_config(TrainConfig, f)
 
 
-def _train_configs():
-    return sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+# Which command reads each shipped recipe: a new file in configs/recipes/ must be named here (and so tested).
+RECIPE_COMMANDS = {"blind_po.yaml": "pipeline", "iterative_bpo.yaml": "iterate"}
+
+
+def test_configs_folder_holds_only_train_configs_recipes_and_engines():
+    assert {p.name for p in (ROOT / "configs").iterdir()} == {"train", "recipes", "accelerate"}
+    assert not list((ROOT / "configs").glob("*.yaml"))
 
 
 def test_every_shipped_train_config_parses():
-    configs = _train_configs()
-    assert len(configs) >= 4
+    configs = sorted((ROOT / "configs" / "train").rglob("*.yaml"))
+    assert len(configs) >= 6
     for path in configs:
-        data = yaml.safe_load(path.read_text())
-        if not {"model", "run"} & set(data):
-            continue  # pipeline recipes (e.g. blind_po.yaml) are checked by their own tests
-        if "rounds" in data:
-            continue  # `bpo iterate` configs: tests/iterative/test_rounds.py
         cfg = load_config(TrainConfig, path)
         cfg.validate()  # model/data paths present
 
 
+def test_every_shipped_recipe_parses(monkeypatch, capsys):
+    """Pipeline recipes load with every step's options checked; iterate configs parse as `bpo iterate` reads
+    them. A recipe's default train config is a shipped one (the paths are relative to the repository root)."""
+    from bpo.cli import COMMANDS, check_command
+    from bpo.commands import iterate
+    from bpo.pipeline import load_recipe
+
+    monkeypatch.chdir(ROOT)
+    recipes = sorted((ROOT / "configs" / "recipes").rglob("*.yaml"))
+    assert sorted(p.name for p in recipes) == sorted(RECIPE_COMMANDS)
+    for path in recipes:
+        if RECIPE_COMMANDS[path.name] == "pipeline":
+            recipe = load_recipe(path, commands=COMMANDS, check=check_command)
+            train_config = recipe.vars["train_config"]
+        else:
+            cfg = iterate.parse(["--config", str(path)], require=False)
+            train_config = cfg.train_config
+        assert (ROOT / train_config).is_file() and Path(train_config).parent == Path("configs/train"), path
+
+
 def test_paper_settings_in_recipes():
-    bpo = load_config(TrainConfig, ROOT / "configs/llava15_7b_bpo.yaml")
+    bpo = load_config(TrainConfig, ROOT / "configs/train/llava15_7b_bpo.yaml")
     assert (bpo.lora.r, bpo.optim.lr, bpo.run.epochs, bpo.loss.beta) == (64, 2e-6, 2, 0.1)
-    blind = load_config(TrainConfig, ROOT / "configs/llava15_7b_blind_po.yaml")
+    blind = load_config(TrainConfig, ROOT / "configs/train/llava15_7b_blind_po.yaml")
     assert not blind.lora.enabled and blind.lora.train_projector
     assert (blind.optim.lr, blind.run.epochs, blind.loss.beta) == (1e-6, 1, 0.1)
     assert blind.data.sources == ["human", "blind"]

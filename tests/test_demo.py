@@ -111,3 +111,21 @@ def test_fast_iterative_scenario(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "round 2 beats round 1 on held-out CHAIR_i" in report and "paired-bootstrap interval" in report
     assert "round 2 beats round 1" in printed
+
+
+def test_demo_help_config_and_one_line_option_errors(capsys):
+    from bpo.commands import demo
+
+    assert cli(["demo", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("out", "quick", "steps", "seeds", "fast", "study", "eval_images", "threads", "sweep", "write_docs",
+                "scenario"):
+        assert f"  {key} " in out, key
+    cfg = demo.parse(["--fast", "--seeds", "2", "scenario=safety", "--no-write-docs"])
+    assert (cfg.fast, cfg.seeds, cfg.scenario, cfg.write_docs, cfg.out) == (True, 2, "safety", False, "outputs/demo")
+    for argv, message in ((["--seeds", "0"], "--seeds must be >= 1"), (["--scenario", "ocr"], "not one of"),
+                          (["--quick", "scenario=iterative"], "drop --quick")):
+        assert cli(["demo", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    demo.check(["--study", "--eval-images", "300"])

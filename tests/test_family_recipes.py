@@ -13,7 +13,7 @@ from bpo.train.config import TrainConfig
 from tests.conftest import PREF_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"llava_next": "configs/llava_next_7b_bpo.yaml", "qwen25vl": "configs/qwen25vl_7b_bpo.yaml"}
+RECIPES = {"llava_next": "configs/train/llava_next_7b_bpo.yaml", "qwen25vl": "configs/train/qwen25vl_7b_bpo.yaml"}
 
 
 @pytest.mark.parametrize("family", sorted(RECIPES))

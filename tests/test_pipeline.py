@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bpo.cli import COMMANDS
+from bpo.cli import COMMANDS, check_command
 from bpo.cli import main as cli
+from bpo.commands.iterate import main as cli_iterate
 from bpo.errors import BpoError
 from bpo.pipeline import load_recipe, run_recipe
 
@@ -13,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_blind_po_recipe_loads_and_substitutes():
-    r = load_recipe(ROOT / "configs/blind_po.yaml", ["model=M", "out=O"], commands=COMMANDS)
+    r = load_recipe(ROOT / "configs/recipes/blind_po.yaml", ["model=M", "out=O"], commands=COMMANDS)
     assert [s.name for s in r.steps] == ["build", "blind", "train", "generate", "eval"]
     assert "bootstrap blind --model M --data O/mmsafe.jsonl" in r.steps[1].run
     assert "data.sources=human,blind" in r.steps[2].run
     assert r.steps[3].run.startswith("generate --model O/train/model")
-    lora = load_recipe(ROOT / "configs/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"], commands=COMMANDS)
+    lora = load_recipe(ROOT / "configs/recipes/blind_po.yaml", ["trained=--model M --adapter ${out}/train/adapter"], commands=COMMANDS)
     assert "--adapter runs/blind_po/train/adapter" in lora.steps[3].run
 
 
@@ -93,3 +94,63 @@ def test_later_steps_rerun_from_scratch_after_an_earlier_step_ran(tmp_path, pref
     for p in stale:
         p.write_text("{}\n")
     assert run("b") == ["skipped", "ran"] and all(p.exists() for p in stale)
+
+
+def test_a_typo_in_step_3_fails_before_step_1_runs(tmp_path, pref_file, capsys):
+    """The whole recipe is checked first: the error names the recipe file, the step and the option, and step 1's
+    output is never written. Step 2 reads step 1's output, which does not exist at check time: not an error."""
+    out = tmp_path / "o"
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text(
+        "vars: {data: x, out: y}\n"
+        "steps:\n"
+        "  - name: copy\n"
+        "    run: data import ${data} --format bpo --out ${out}/copy.jsonl\n"
+        "    outputs: ['${out}/copy.jsonl']\n"
+        "  - name: rounds\n"
+        "    run: iterate model=m sft=${out}/copy.jsonl heldout=${out}/copy.jsonl out=${out}/it --dry-run\n"
+        "  - name: curves\n"
+        "    run: analyze curves ${out}/it --out ${out}/curves --windw 5\n")
+    assert cli(["pipeline", str(recipe), f"data={pref_file}", f"out={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {recipe}: step 3 ('curves'): ") and "--windw" in err
+    assert not (out / "copy.jsonl").exists() and not (out / ".pipeline").exists()
+    # the same typo as key=value gets a suggestion
+    recipe.write_text(recipe.read_text().replace("--windw 5", "windw=5"))
+    with pytest.raises(BpoError, match=r"typo.yaml: step 3 \('curves'\): .*did you mean 'window'"):
+        load_recipe(recipe, [f"data={pref_file}", f"out={out}"], commands=COMMANDS, check=check_command)
+    # fixed: it loads, and the outputs step 2 will read only when step 1 has run do not fail the check
+    recipe.write_text(recipe.read_text().replace(" windw=5", " window=5"))
+    steps = load_recipe(recipe, [f"data={pref_file}", f"out={out}"], commands=COMMANDS, check=check_command).steps
+    assert [s.name for s in steps] == ["copy", "rounds", "curves"] and not (out / "copy.jsonl").exists()
+    with pytest.raises(BpoError, match="sft: .* does not exist"):  # ...which a full check (require=True) refuses
+        cli_iterate(["model=m", f"sft={out}/copy.jsonl", f"heldout={out}/copy.jsonl", "--dry-run"])
+
+
+def test_check_command_without_a_check_says_so_and_passes(monkeypatch, capsys):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "fake_command", types.ModuleType("fake_command"))
+    monkeypatch.setitem(COMMANDS, "fake", ("fake_command", "a command with no check yet"))
+    check_command(["fake", "--anything"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`bpo fake` cannot check its options" in err
+    with pytest.raises(BpoError, match="'nope' is not a bpo command"):
+        check_command(["nope"])
+
+
+def test_pipeline_help_config_and_own_options(tmp_path, pref_file, capsys):
+    assert cli(["pipeline", "--help-config"]) == 0
+    out = capsys.readouterr().out
+    for key in ("recipe", "vars", "only", "force", "dry_run", "state_dir"):
+        assert f"  {key} " in out
+    f = tmp_path / "r.yaml"
+    f.write_text("vars: {data: x}\nsteps:\n  - {name: a, run: 'data stats ${data}'}\n"
+                 "  - {name: b, run: 'data stats ${data} --json'}\n")
+    # `only=` / `--only` configure the run; every other name=value is a recipe variable
+    assert cli(["pipeline", str(f), f"data={pref_file}", "only=b", f"state_dir={tmp_path / 's'}", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "[2/2] b: bpo data stats" in printed and "[1/2]" not in printed
+    assert cli(["pipeline", str(f), "--only", "c", "--dry-run"]) == 2
+    assert "--only 'c' is not a step of this recipe (steps: a, b)" in capsys.readouterr().err

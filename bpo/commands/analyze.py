@@ -7,13 +7,18 @@
                       (--model M [--image-root DIR] | --text-responses T --multimodal-responses M
                        --blind-responses B) [--benign-images DIR | --swapped-responses S]
     bpo analyze scaling {MANIFEST.csv|.yaml | REPORT.json | RUN_DIR} ... --metric chair_i --out DIR
+
+Every option is also a config key (``bpo analyze SUB --help-config``): ``--window 20`` == ``window=20`` ==
+``window: 20`` in a YAML file given with ``--config``.
 """
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
+from bpo.config import check_subcommands, option, run_subcommands
 from bpo.errors import BpoError
+from bpo.eval.judges import JUDGES
 
 EPILOG = """examples:
   bpo analyze curves runs/bpo runs/sft --labels BPO,SFT --window 20 --out figs/curves
@@ -23,6 +28,7 @@ EPILOG = """examples:
       --benign-images benign/ --out figs/modality
   bpo analyze scaling manifest.csv --metric chair_i --out figs/scaling
 """
+CONDITIONS = ("text", "multimodal", "blind")
 
 
 def _device(name: str) -> str:
@@ -33,88 +39,126 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--model", required=required, help="hub id or local path of an image-text-to-text model")
-    p.add_argument("--adapter", help="peft adapter folder (e.g. <run>/adapter) applied on top of --model")
-    p.add_argument("--dtype", default="float32", help="weights dtype: float32, bfloat16, float16 (default: float32)")
-    p.add_argument("--device", default="auto", help="torch device (default: cuda when available, else cpu)")
+@dataclass(kw_only=True)
+class CurvesConfig:
+    runs: list[str] = option(help="`bpo train` output folders (or metrics.jsonl files)", positional="+",
+                             metavar="RUN_DIR")
+    out: str = option(help="output folder")
+    window: int = option(10, help="optimizer steps per window")
+    labels: str | None = option(None, help="comma-separated run labels, one per run (default: folder names)")
+
+    def validate(self) -> None:
+        from bpo.analysis.plotting import parse_labels
+
+        if self.window < 1:
+            raise BpoError(f"--window must be >= 1, not {self.window}")
+        parse_labels(self.labels, len(self.runs), self.runs)  # one label per run, before any file is read
 
 
-def _judge_args(p: argparse.ArgumentParser) -> None:
-    from bpo.eval.judges import JUDGES
+@dataclass(kw_only=True)
+class ModelOptions:
+    """The policy an analysis runs: a model and an optional adapter on top."""
 
-    p.add_argument("--judge", default="refusal", choices=JUDGES.names(),
-                   help="safety judge of the co-defense probe (default: refusal)")
-    p.add_argument("--judge-model", help="llm: served model name; hf: local model directory")
-    p.add_argument("--base-url", help="llm: OpenAI-compatible base URL")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="llm: environment variable holding the key")
-    p.add_argument("--judge-template", default="safety_judge_v1", help="judge template name or file")
-    p.add_argument("--judge-workers", type=int, default=1, help="llm: concurrent requests")
-    p.add_argument("--judge-device", default="cpu", help="hf: torch device of the judge")
-    p.add_argument("--judge-cache", help="verdict cache JSONL (default: $BPO_HOME/judge/judgments.jsonl)")
-    p.add_argument("--no-judge-cache", action="store_true", help="neither read nor write the verdict cache")
+    adapter: str | None = option(None, help="peft adapter folder (e.g. <run>/adapter) applied on top of --model")
+    dtype: str = option("float32", help="weights dtype: float32, bfloat16, float16")
+    device: str = option("auto", help="torch device (auto: cuda when available, else cpu)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpo analyze", description="Analysis figures (PNG + CSV beside each).",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="action", metavar="{curves,noise,modality,scaling}")
-    sub.required = True
+@dataclass(kw_only=True)
+class NoiseConfig(ModelOptions):
+    model: str = option(help="hub id or local path of an image-text-to-text model")
+    image: str = option(help="image file")
+    prompt: str = option(help="the question asked about the image")
+    targets: str = option(help="comma-separated words, e.g. bear,person")
+    steps: str = option("0,100,200,300,400,500,600,700,800,900,999",
+                        help="noise steps in 0..999 (0 = clean), comma list or START:STOP:STEP")
+    prefix: str = option("", help="text the answer starts with (the targets' next-token context)")
+    samples: int = option(4, help="noise draws averaged per step")
+    seed: int = option(0, help="first noise seed (draws use seed .. seed+samples-1)")
+    max_new_tokens: int = option(64, help="length of the greedy answers")
+    no_responses: bool = option(False, help="skip the greedy answers (Fig. 4 table)")
+    batch_size: int = option(8, help="noised copies per forward pass")
+    out: str = option(help="output folder")
 
-    c = sub.add_parser("curves", help="training curves of runs: log-probs, rewards, margins, accuracy per source",
-                       description="Bootstrapped-PO Fig. 6: windowed mean +- std of metrics.jsonl, runs overlaid.")
-    c.add_argument("runs", nargs="+", help="`bpo train` output folders (or metrics.jsonl files)")
-    c.add_argument("--out", required=True, help="output folder")
-    c.add_argument("--window", type=int, default=10, help="optimizer steps per window (default: 10)")
-    c.add_argument("--labels", help="comma-separated run labels, one per run (default: folder names)")
+    def target_words(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
 
-    n = sub.add_parser("noise", help="next-token probability of target words vs diffusion noise step",
-                       description="Bootstrapped-PO Figs. 4-5: probabilities of target words and greedy answers "
-                                   "as the image is noised.")
-    _model_args(n, required=True)
-    n.add_argument("--image", required=True, help="image file")
-    n.add_argument("--prompt", required=True, help="the question asked about the image")
-    n.add_argument("--targets", required=True, help="comma-separated words, e.g. bear,person")
-    n.add_argument("--steps", default="0,100,200,300,400,500,600,700,800,900,999",
-                   help="noise steps in 0..999 (0 = clean), comma list or START:STOP:STEP")
-    n.add_argument("--prefix", default="", help="text the answer starts with (the targets' next-token context)")
-    n.add_argument("--samples", type=int, default=4, help="noise draws averaged per step (default: 4)")
-    n.add_argument("--seed", type=int, default=0, help="first noise seed (draws use seed .. seed+samples-1)")
-    n.add_argument("--max-new-tokens", type=int, default=64, help="length of the greedy answers (default: 64)")
-    n.add_argument("--no-responses", action="store_true", help="skip the greedy answers (Fig. 4 table)")
-    n.add_argument("--batch-size", type=int, default=8, help="noised copies per forward pass")
-    n.add_argument("--out", required=True, help="output folder")
+    def validate(self) -> None:
+        from bpo.analysis.noise import parse_steps
 
-    m = sub.add_parser("modality", help="Blind-PO co-defense and cheating probes",
-                       description="Safety of the same request as text / image+text / blind, and whether "
-                                   "refusals survive swapping the image for a benign one.")
-    m.add_argument("--records", required=True, help="MMSafe-PO style records (images + meta.text_prompt)")
-    m.add_argument("--out", required=True, help="output folder")
-    m.add_argument("--image-root", help="folder the records' image paths are relative to")
-    for cond in ("text", "multimodal", "blind"):
-        m.add_argument(f"--{cond}-responses", metavar="JSONL", help=f"pre-generated {cond} answers {{id, response}}")
-    m.add_argument("--benign-images", help="folder of benign images, or a text file of paths under --image-root")
-    m.add_argument("--swapped-responses", metavar="JSONL", help="pre-generated answers to the image-swapped records")
-    _model_args(m, required=False)
-    m.add_argument("--max-new-tokens", type=int, default=128, help="answer length when generating (default: 128)")
-    m.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-    m.add_argument("--seed", type=int, default=0, help="seed of the benign-image choice")
-    m.add_argument("--limit", type=int, default=0, help="use only the first N records (0 = all)")
-    m.add_argument("--on-missing", default="error", choices=("error", "skip"),
-                   help="a record without a response in a given file: stop (default) or skip it")
-    _judge_args(m)
+        if self.samples < 1:
+            raise BpoError("--samples must be >= 1")
+        if not self.target_words():
+            raise BpoError("--targets needs at least one word, e.g. bear,person")
+        parse_steps(self.steps)  # a bad --steps fails before the model loads
 
-    s = sub.add_parser("scaling", help="metric vs number of preference pairs, one line per method",
-                       description="Bootstrapped-PO Fig. 7: eval reports paired with their training runs.")
-    s.add_argument("inputs", nargs="+", help="manifest .csv/.yaml (method,run_dir,report[,pairs,label]), eval "
-                                             "report .json files, or run folders")
-    s.add_argument("--metric", required=True, help="report metric, dotted for nested ones (e.g. chair_i)")
-    s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--x", default="pairs", choices=("pairs", "records"), help="what to count on the x axis")
-    s.add_argument("--rename", default="", help="method names for runs given without a manifest, by loss type: "
-                                                "e.g. sigmoid=BPO,sft=SFT")
-    s.add_argument("--logx", action="store_true", help="log-scale x axis")
-    return p
+
+@dataclass(kw_only=True)
+class ModalityConfig(ModelOptions):
+    records: str = option(help="MMSafe-PO style records (images + meta.text_prompt)")
+    out: str = option(help="output folder")
+    image_root: str | None = option(None, help="folder the records' image paths are relative to")
+    text_responses: str | None = option(None, help="pre-generated text answers {id, response}", metavar="JSONL")
+    multimodal_responses: str | None = option(None, help="pre-generated multimodal answers {id, response}",
+                                              metavar="JSONL")
+    blind_responses: str | None = option(None, help="pre-generated blind answers {id, response}", metavar="JSONL")
+    benign_images: str | None = option(None, help="folder of benign images, or a text file of paths under "
+                                                  "--image-root")
+    swapped_responses: str | None = option(None, help="pre-generated answers to the image-swapped records",
+                                           metavar="JSONL")
+    model: str | None = option(None, help="hub id or local path of an image-text-to-text model (generates the "
+                                          "answers not given as files)")
+    max_new_tokens: int = option(128, help="answer length when generating")
+    batch_size: int = option(8, help="generation batch size")
+    on_missing: str = option("error", help="a record without a response in a given file: stop or skip it",
+                             choices=("error", "skip"))
+    limit: int = option(0, help="use only the first N records (0 = all)")
+    seed: int = option(0, help="seed of the benign-image choice")
+    judge: str = option("refusal", help="safety judge of the co-defense probe", choices=tuple(JUDGES.names()))
+    judge_model: str | None = option(None, help="llm: served model name; hf: local model directory")
+    base_url: str | None = option(None, help="llm: OpenAI-compatible base URL")
+    api_key_env: str = option("OPENAI_API_KEY", help="llm: environment variable holding the key")
+    judge_template: str = option("safety_judge_v1", help="judge template name or file")
+    judge_workers: int = option(1, help="llm: concurrent requests")
+    judge_device: str = option("cpu", help="hf: torch device of the judge")
+    judge_cache: str | None = option(None, help="verdict cache JSONL (default: $BPO_HOME/judge/judgments.jsonl)")
+    no_judge_cache: bool = option(False, help="neither read nor write the verdict cache")
+
+    def responses(self) -> dict[str, str | None]:
+        return {c: getattr(self, f"{c}_responses") for c in CONDITIONS}
+
+    def validate(self) -> None:
+        lacking = [c for c, path in self.responses().items() if not path]
+        if lacking and not self.model:
+            flags = " ".join(f"--{c}-responses FILE" for c in lacking)
+            raise BpoError(f"no responses for condition(s) {', '.join(lacking)}: pass {flags} (from `bpo generate`) "
+                           "or --model M to generate them")
+        if self.limit < 0:
+            raise BpoError(f"--limit must be >= 0 (0 = all records), not {self.limit}")
+
+
+@dataclass(kw_only=True)
+class ScalingConfig:
+    inputs: list[str] = option(help="manifest .csv/.yaml (method,run_dir,report[,pairs,label]), eval report .json "
+                                    "files, or run folders", positional="+", metavar="INPUT")
+    metric: str = option(help="report metric, dotted for nested ones (e.g. chair_i)")
+    out: str = option(help="output folder")
+    x: str = option("pairs", help="what to count on the x axis", choices=("pairs", "records"))
+    rename: str = option("", help="method names for runs given without a manifest, by loss type: e.g. "
+                                  "sigmoid=BPO,sft=SFT")
+    logx: bool = option(False, help="log-scale x axis")
+
+    def renames(self) -> dict[str, str]:
+        out = {}
+        for part in filter(None, (s.strip() for s in self.rename.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not key or not value:
+                raise BpoError(f"--rename {part!r}: use LOSS_TYPE=NAME pairs, e.g. sigmoid=BPO,sft=SFT")
+            out[key] = value
+        return out
+
+    def validate(self) -> None:
+        self.renames()
 
 
 def _curves(args) -> int:
@@ -136,12 +180,8 @@ def _noise(args) -> int:
     from bpo.data.images import load_image
     from bpo.models.loading import load
 
-    if args.samples < 1:
-        raise BpoError("--samples must be >= 1")
     steps = parse_steps(args.steps)
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if not targets:
-        raise BpoError("--targets needs at least one word, e.g. bear,person")
+    targets = args.target_words()
     image_path = Path(args.image)
     image = load_image(image_path.parent, image_path.name)
     model, processor = load(args.model, adapter=args.adapter, dtype=args.dtype, device=_device(args.device))
@@ -178,8 +218,7 @@ def _modality(args) -> int:
     from bpo.analysis.modality import ModalityInputs, analyze_modality
     from bpo.eval.judges import build_judge
 
-    responses = {"text": args.text_responses, "multimodal": args.multimodal_responses,
-                 "blind": args.blind_responses}
+    responses = args.responses()
     inputs = ModalityInputs(args.records, responses, args.swapped_responses, args.benign_images, args.image_root,
                             args.seed, args.limit, args.on_missing)
     engine = settings = None
@@ -226,22 +265,43 @@ def _scaling(args) -> int:
     from bpo.analysis.scaling import analyze_scaling
     from bpo.eval.report import format_table
 
-    rename = {}
-    for part in filter(None, (s.strip() for s in args.rename.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key or not value:
-            raise BpoError(f"--rename {part!r}: use LOSS_TYPE=NAME pairs, e.g. sigmoid=BPO,sft=SFT")
-        rename[key] = value
-    res = analyze_scaling(args.inputs, args.out, metric=args.metric, x=args.x, rename=rename, logx=args.logx)
+    res = analyze_scaling(args.inputs, args.out, metric=args.metric, x=args.x, rename=args.renames(),
+                          logx=args.logx)
     print(format_table(["method", args.x, "n", args.metric, "std"],
                        [[p["method"], str(p["x"]), str(p["n"]), p["mean"], p["std"]] for p in res["points"]]))
     print(f"wrote scaling.csv, scaling_points.csv, scaling.png to {args.out}")
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    from bpo.safeguard import check_args
+def _guarded(run):
+    """``run(cfg)`` after the output check: an output folder may not be an input file."""
 
-    check_args(args, outputs=(), output_dirs=("out",))  # an output folder may not be an input file
-    return {"curves": _curves, "noise": _noise, "modality": _modality, "scaling": _scaling}[args.action](args)
+    def guarded(cfg) -> int:
+        from bpo.safeguard import check_args
+
+        check_args(cfg, outputs=(), output_dirs=("out",))
+        return run(cfg)
+
+    return guarded
+
+
+TABLE = {
+    "curves": (CurvesConfig, _guarded(_curves),
+               "training curves of runs: log-probs, rewards, margins, accuracy per source (Bootstrapped-PO Fig. 6)"),
+    "noise": (NoiseConfig, _guarded(_noise),
+              "next-token probability of target words vs diffusion noise step (Bootstrapped-PO Figs. 4-5)"),
+    "modality": (ModalityConfig, _guarded(_modality),
+                 "Blind-PO co-defense and cheating probes: the same request as text / image+text / blind"),
+    "scaling": (ScalingConfig, _guarded(_scaling),
+                "metric vs number of preference pairs, one line per method (Bootstrapped-PO Fig. 7)"),
+}
+DESCRIPTION = "Analysis figures (PNG + CSV beside each).\n\n" + EPILOG
+
+
+def main(argv: list[str]) -> int:
+    return run_subcommands(argv, prog="bpo analyze", description=DESCRIPTION, table=TABLE)
+
+
+def check(argv: list[str]) -> None:
+    """Parse ``bpo analyze SUB ...`` without running it (``bpo pipeline`` checks a recipe this way)."""
+    check_subcommands(argv, prog="bpo analyze", table=TABLE)

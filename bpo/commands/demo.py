@@ -7,9 +7,11 @@ records (seconds). The default runs the toy world (``bpo.toy``) through the publ
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from bpo.config import option, parse_command
 
 QUICK_RECORDS = [
     ("red", (220, 30, 30), "a red square", [("weakened", "a blue circle"), ("injected", "two red squares")]),
@@ -19,29 +21,41 @@ QUICK_RECORDS = [
 ]
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="bpo demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="outputs/demo", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny DPO smoke run only (seconds)")
-    p.add_argument("--steps", type=int, default=20, help="training steps of the quick demo")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="toy demo: run seeds 0..N-1 and report mean +- std (default 1; 5 with --study)")
-    p.add_argument("--fast", action="store_true", help="toy demo with tiny sizes (a smoke run for tests)")
-    p.add_argument("--study", action="store_true",
-                   help="toy demo with the power to call each claim: 5 seeds (unless --seeds), 300 eval images")
-    p.add_argument("--eval-images", type=int, default=None, help="toy demo: eval images per seed (default 100)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="toy demo: torch CPU threads (pretraining included: another count, another toy model)")
-    p.add_argument("--sweep", action="store_true",
-                   help="toy demo: the learning-rate sweep of each training recipe on tuning seeds 100.. "
-                        "(held-out images; --seeds sets how many, default 2)")
-    p.add_argument("--write-docs", action="store_true",
-                   help="toy demo: write the results into README.md and docs/toy.md between their markers")
-    p.add_argument("--scenario", choices=("hallucination", "safety", "iterative"), default="hallucination",
-                   help="toy demo: hallucination = Bootstrapped PO (default); safety = Blind PO on hazardous objects; "
-                        "iterative = 3 rounds of Bootstrapped PO through `bpo iterate`")
-    return p
+@dataclass
+class DemoOptions:
+    out: str = option("outputs/demo", help="output folder")
+    quick: bool = option(False, help="tiny DPO smoke run only (seconds)")
+    steps: int = option(20, help="training steps of the quick demo")
+    seeds: int | None = option(None, help="toy demo: run seeds 0..N-1 and report mean +- std (default 1; 5 with "
+                                          "--study)")
+    fast: bool = option(False, help="toy demo with tiny sizes (a smoke run for tests)")
+    study: bool = option(False, help="toy demo with the power to call each claim: 5 seeds (unless --seeds), 300 "
+                                     "eval images")
+    eval_images: int | None = option(None, help="toy demo: eval images per seed (default 100)")
+    threads: int | None = option(None, help="toy demo: torch CPU threads (pretraining included: another count, "
+                                            "another toy model)")
+    sweep: bool = option(False, help="toy demo: the learning-rate sweep of each training recipe on tuning seeds "
+                                     "100.. (held-out images; --seeds sets how many, default 2)")
+    write_docs: bool = option(False, help="toy demo: write the results into README.md and docs/toy.md between "
+                                          "their markers")
+    scenario: str = option("hallucination", help="toy demo: hallucination = Bootstrapped PO; safety = Blind PO on "
+                           "hazardous objects; iterative = 3 rounds of Bootstrapped PO through `bpo iterate`",
+                           choices=("hallucination", "safety", "iterative"))
+
+    def validate(self) -> None:
+        from bpo.errors import BpoError
+
+        if self.quick and self.scenario != "hallucination":
+            raise BpoError("--quick is the tiny DPO smoke run and has no scenarios; drop --quick to run "
+                           f"--scenario {self.scenario} (add --fast for a small version)")
+        for key in ("steps", "seeds", "eval_images", "threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise BpoError(f"--{key.replace('_', '-')} must be >= 1, not {value}")
+
+
+def parse(argv: list[str], require: bool = True) -> DemoOptions | None:
+    return parse_command(DemoOptions, argv, prog="bpo demo", description=__doc__, require=require)
 
 
 def write_quick_data(out: Path) -> tuple[Path, Path]:
@@ -77,7 +91,7 @@ def run_quick(out: Path, steps: int) -> int:
         build_tiny_llava(model_dir)
     prefs, images = write_quick_data(out)
     print(f"[2/3] wrote {prefs} ({len(QUICK_RECORDS)} records, images in {images})")
-    recipe = package_file("..", "configs", "tiny_cpu.yaml")
+    recipe = package_file("..", "configs", "train", "tiny_cpu.yaml")
     overrides = [f"model.name={model_dir}", f"data.train={prefs}", f"data.image_root={images}",
                  f"run.output_dir={out / 'run'}", f"run.max_steps={steps}", "run.resume=none"]
     cfg = load_config(TrainConfig, recipe if recipe.exists() else None, overrides)
@@ -91,13 +105,10 @@ def run_quick(out: Path, steps: int) -> int:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
+    if args is None:  # --help-config
+        return 0
     out = Path(args.out)
-    if args.quick and args.scenario != "hallucination":
-        from bpo.errors import BpoError
-
-        raise BpoError("--quick is the tiny DPO smoke run and has no scenarios; drop --quick to run "
-                       f"--scenario {args.scenario} (add --fast for a small version)")
     if args.quick:
         return run_quick(out, args.steps)
     if args.scenario == "iterative":
@@ -115,3 +126,8 @@ def main(argv: list[str]) -> int:
     from bpo.toy import pipeline
 
     return pipeline.main(args, out)
+
+
+def check(argv: list[str]) -> None:
+    """Parse ``bpo demo ...`` without running it (``bpo pipeline``'s check of a recipe)."""
+    parse(argv, require=False)

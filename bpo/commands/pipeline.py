@@ -1,29 +1,63 @@
-"""``bpo pipeline RECIPE.yaml [name=value ...]``: run a recipe of bpo commands, resumably."""
+"""``bpo pipeline RECIPE.yaml [name=value ...]``: run a recipe of bpo commands, resumably.
+
+Every step's options are checked before the first step runs (a typo in the last step costs nothing).
+``name=value`` sets a recipe variable, except for this command's own keys (``recipe``, ``vars``, ``only``, ``force``,
+``dry_run``, ``state_dir``; see --help-config), which configure the run.
+"""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from bpo.config import option, parse_command
+from bpo.errors import BpoError
+
+EPILOG = """examples:
+  bpo pipeline configs/recipes/blind_po.yaml model=llava-hf/llava-1.5-7b-hf out=runs/blind_po --dry-run
+  bpo pipeline configs/recipes/blind_po.yaml out=runs/blind_po --only train,generate
+"""
+
+
+@dataclass
+class PipelineConfig:
+    recipe: str = option(help="pipeline YAML (e.g. configs/recipes/blind_po.yaml)", positional="1",
+                         metavar="RECIPE")
+    vars: list[str] = option(default_factory=list, help="recipe variable overrides name=value", positional="*",
+                             metavar="NAME=VALUE")
+    only: str = option("", help="comma-separated step names to run (default: all)")
+    force: bool = option(False, help="rerun steps even if up to date")
+    dry_run: bool = option(False, help="print the commands and exit")
+    state_dir: str | None = option(None, help="where step stamps go (default: <out var>/.pipeline or "
+                                              "./.pipeline)")
+
+
+def parse(argv: list[str], require: bool = True) -> PipelineConfig | None:
+    return parse_command(PipelineConfig, argv, prog="bpo pipeline", description=__doc__, epilog=EPILOG,
+                         require=require)
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="bpo pipeline", description=__doc__)
-    p.add_argument("recipe", help="pipeline YAML (e.g. configs/blind_po.yaml)")
-    p.add_argument("vars", nargs="*", help="variable overrides name=value")
-    p.add_argument("--only", default="", help="comma-separated step names to run")
-    p.add_argument("--force", action="store_true", help="rerun steps even if up to date")
-    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    p.add_argument("--state-dir", default=None, help="where step stamps go (default: <out var>/.pipeline or "
-                                                      "./.bpo_pipeline)")
-    args = p.parse_args(argv)
-    from bpo.cli import COMMANDS
+    cfg = parse(argv)
+    if cfg is None:  # --help-config
+        return 0
+    from bpo.cli import COMMANDS, check_command
     from bpo.cli import main as run_command
     from bpo.pipeline import load_recipe, run_recipe
 
-    recipe = load_recipe(args.recipe, args.vars, commands=COMMANDS)
+    recipe = load_recipe(cfg.recipe, cfg.vars, commands=COMMANDS, check=check_command)
     if recipe.description:
         print(recipe.description.strip())
-    state = Path(args.state_dir) if args.state_dir else Path(recipe.vars.get("out", ".")) / ".pipeline"
-    only = [s for s in args.only.split(",") if s]
-    run_recipe(recipe, state_dir=state, run_command=run_command, only=only, force=args.force, dry_run=args.dry_run)
+    state = Path(cfg.state_dir) if cfg.state_dir else Path(recipe.vars.get("out", ".")) / ".pipeline"
+    only = [s for s in cfg.only.split(",") if s]
+    unknown = [s for s in only if s not in {step.name for step in recipe.steps}]
+    if unknown:
+        raise BpoError(f"{cfg.recipe}: --only {unknown[0]!r} is not a step of this recipe (steps: "
+                       f"{', '.join(step.name for step in recipe.steps)})")
+    run_recipe(recipe, state_dir=state, run_command=run_command, only=only, force=cfg.force, dry_run=cfg.dry_run)
     return 0
+
+
+def check(argv: list[str]) -> None:
+    """Parse ``bpo pipeline ...`` without running it (the recipe itself is read when the step runs)."""
+    parse(argv, require=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 HELP_EPILOG = """examples:
-  bpo train --config configs/tiny_cpu.yaml
-  bpo train --config configs/llava15_7b_bpo.yaml data.train=prefs.jsonl data.image_root=images optim.lr=1e-6
+  bpo train --config configs/train/tiny_cpu.yaml
+  bpo train --config configs/train/llava15_7b_bpo.yaml data.train=prefs.jsonl data.image_root=images optim.lr=1e-6
   bpo train model.name=llava-hf/llava-1.5-7b-hf data.train=prefs.jsonl loss.type=sft
   accelerate launch --config_file configs/accelerate/ddp.yaml -m bpo train --config ...
   bpo train --help-config      (every key with its default and meaning)
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bpo train", description="Preference training (DPO, multi-negative "
                                 "BPO, IPO, hinge) or SFT of a vision-language model, LoRA or full.",
                                 epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("--config", help="YAML recipe (see configs/train/)")
     p.add_argument("--help-config", action="store_true", help="list every config key and exit")
     p.add_argument("--dry-run", action="store_true", help="parse and validate the config, print it, and exit")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5 lora.r=16")

@@ -77,13 +77,13 @@ class IterateConfig:
         if len(set(self.sources)) != len(self.sources):
             raise BpoError("sources: each source once")
 
-    def validate(self) -> None:
+    def validate(self, require_paths: bool = True) -> None:
         for key in ("model", "sft", "heldout"):
             if not getattr(self, key):
                 raise BpoError(f"{key} is required (see `bpo iterate --help-config`)")
         for key in ("sft", "heldout", "chair_gt", "pope", "train_config", "negatives_gt"):
             path = getattr(self, key)
-            if path and not Path(path).is_file():
+            if require_paths and path and not Path(path).is_file():
                 raise BpoError(f"{key}: {path} does not exist")
 
 

@@ -141,7 +141,29 @@ def test_shipped_iterate_config_parses_and_its_train_settings_apply():
     from bpo.train.config import TrainConfig
 
     root = Path(__file__).resolve().parents[2]
-    cfg = load_config(IterateConfig, root / "configs" / "iterative_bpo.yaml")
+    cfg = load_config(IterateConfig, root / "configs" / "recipes" / "iterative_bpo.yaml")
     assert (cfg.rounds, cfg.reference, cfg.sources) == (3, "previous", ["weakened", "injected"])
     train = load_config(TrainConfig, root / cfg.train_config, _flatten(cfg.train))
     assert train.run.epochs == 1 and train.lora.r == 64
+
+
+def test_iterate_options_three_spellings_and_run_switches(tmp_path):
+    from bpo.commands import iterate
+
+    yaml_file = tmp_path / "it.yaml"
+    yaml_file.write_text("model: m\nsft: later/sft.jsonl\nheldout: later/h.jsonl\nrounds: 2\n"
+                         "sources: [weakened, injected]\ntrain: {run: {max_steps: 4}}\n")
+    by_flags = iterate.parse(["--model", "m", "--sft", "later/sft.jsonl", "--heldout", "later/h.jsonl", "--rounds",
+                              "2", "--sources", "weakened", "injected", "train.run.max_steps=4"], require=False)
+    by_keys = iterate.parse(["model=m", "sft=later/sft.jsonl", "heldout=later/h.jsonl", "rounds=2",
+                             "sources=weakened,injected", "train.run.max_steps=4"], require=False)
+    by_yaml = iterate.parse(["--config", str(yaml_file)], require=False)
+    assert by_flags == by_keys == by_yaml
+    cmd = iterate.parse(["--config", str(yaml_file), "--dry-run", "--force", "train.optim.lr=0.5"], require=False)
+    assert cmd.dry_run and cmd.force and cmd.train == {"run": {"max_steps": 4}, "optim": {"lr": 0.5}}
+    cfg = cmd.rounds_config()  # what rounds.json records: the config, not how this invocation ran
+    assert type(cfg) is IterateConfig and "force" not in vars(cfg) and cfg.rounds == 2
+    with pytest.raises(BpoError, match="sft: later/sft.jsonl does not exist"):
+        iterate.parse(["--config", str(yaml_file)])
+    with pytest.raises(BpoError, match="heldout is required"):
+        iterate.check(["model=m", "sft=s.jsonl"])

@@ -13,9 +13,9 @@ def test_blind_po_recipe_produces_a_safety_report(tiny_llava, tmp_path, capsys):
     assert cli(["safety", "sample", "--out", str(sample)]) == 0
     out = tmp_path / "run"
     args = [
-        "pipeline", str(ROOT / "configs/blind_po.yaml"),
+        "pipeline", str(ROOT / "configs/recipes/blind_po.yaml"),
         f"model={tiny_llava}", f"pairs={sample / 'pairs.jsonl'}", f"index={sample / 'index.csv'}",
-        f"image_root={sample / 'images'}", f"out={out}", f"train_config={ROOT / 'configs/tiny_cpu.yaml'}",
+        f"image_root={sample / 'images'}", f"out={out}", f"train_config={ROOT / 'configs/train/tiny_cpu.yaml'}",
         "train_args=run.max_steps=2 run.progress=false run.tensorboard=false",
         f"trained=--model {tiny_llava} --adapter {out}/train/adapter",
         "max_new_tokens=6", "batch_size=4",

@@ -19,9 +19,9 @@ def test_blind_po_recipe_full_finetuning_generates_from_the_trained_model(family
     assert cli(["safety", "sample", "--out", str(sample)]) == 0
     out = tmp_path / "run"
     args = [
-        "pipeline", str(ROOT / "configs/blind_po.yaml"),
+        "pipeline", str(ROOT / "configs/recipes/blind_po.yaml"),
         f"model={model}", f"pairs={sample / 'pairs.jsonl'}", f"index={sample / 'index.csv'}",
-        f"image_root={sample / 'images'}", f"out={out}", f"train_config={ROOT / 'configs/tiny_cpu.yaml'}",
+        f"image_root={sample / 'images'}", f"out={out}", f"train_config={ROOT / 'configs/train/tiny_cpu.yaml'}",
         "train_args=run.max_steps=1 lora.enabled=false data.max_length=1024 run.progress=false run.tensorboard=false",
         f"trained=--model {out}/train/model", "max_new_tokens=4", "batch_size=4",
     ]
