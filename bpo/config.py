@@ -306,7 +306,7 @@ def command_parser(cls: type, *, prog: str, description: str | None = None, epil
         listy = typing.get_origin(_strip_optional(tp)[0]) in (list, tuple)
         p.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=helptext, choices=None,
                        metavar=f.metadata.get("metavar") or ("|".join(map(str, choices)) if choices else None),
-                       nargs="+" if listy else None)
+                       nargs="+" if listy else None, action="extend" if listy else "store")  # --stop A --stop B
     return p
 
 
@@ -391,11 +391,24 @@ def run_subcommands(argv: list[str], *, prog: str, description: str, table: dict
         print("\n".join(f"  {name:<{width}}{desc}" for name, (_, _, desc) in table.items()))
         print(f"\n`{prog} SUB --help` for its options; `{prog} SUB --help-config` for its config keys")
         return 0
-    name = argv[0]
+    name = _subcommand(argv, prog, table)
+    cls, run, desc = table[name]
+    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
+    return 0 if cfg is None else run(cfg)
+
+
+def _subcommand(argv: list[str], prog: str, table: dict) -> str:
+    name = argv[0] if argv else ""
     if name not in table:
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise BpoError(f"{prog}: unknown command {name!r}{hint} (known: {', '.join(table)})")
-    cls, run, desc = table[name]
-    cfg = parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc)
-    return 0 if cfg is None else run(cfg)
+    return name
+
+
+def check_subcommands(argv: list[str], *, prog: str, table: dict) -> None:
+    """Parse ``prog SUB ...`` as :func:`run_subcommands` would, with ``require=False``, and run nothing
+    (``bpo pipeline`` checking a recipe before its first step)."""
+    name = _subcommand(argv, prog, table)
+    cls, _, desc = table[name]
+    parse_command(cls, argv[1:], prog=f"{prog} {name}", description=desc, require=False)
