@@ -164,6 +164,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if value is None and raw.strip() not in ("null", "Null", "NULL", "~"):
+            value = raw  # `stop=###`: YAML reads a leading # as a comment; the user meant the text
         _set_dotted(data, key.strip(), value)
     return data
 
@@ -292,7 +294,8 @@ def command_parser(cls: type, *, prog: str, description: str | None = None, epil
         choices = f.metadata.get("choices")
         if "positional" in f.metadata:
             nargs = f.metadata["positional"]
-            p.add_argument(key, nargs=None if nargs == "1" else nargs, help=helptext,
+            # "1" is read as "?" so --help-config works without it; parse_command reports it missing
+            p.add_argument(key, nargs="?" if nargs == "1" else nargs, help=helptext,
                            metavar=f.metadata.get("metavar", key.upper()), default=argparse.SUPPRESS)
             continue
         flag = _flag(key, f)
