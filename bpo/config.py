@@ -164,6 +164,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
+        if value is None and raw.strip() not in ("null", "Null", "NULL", "~"):
+            value = raw  # `stop=###`: YAML reads a leading # as a comment; the user meant the text
         _set_dotted(data, key.strip(), value)
     return data
 
@@ -308,7 +310,7 @@ def command_parser(cls: type, *, prog: str, description: str | None = None, epil
         listy = typing.get_origin(_strip_optional(tp)[0]) in (list, tuple)
         p.add_argument(flag, dest=key, default=argparse.SUPPRESS, help=helptext, choices=None,
                        metavar=f.metadata.get("metavar") or ("|".join(map(str, choices)) if choices else None),
-                       nargs="+" if listy else None)
+                       nargs="+" if listy else None, action="extend" if listy else "store")  # --stop A --stop B
     return p
 
 

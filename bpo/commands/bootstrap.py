@@ -11,137 +11,137 @@
 
 Shared options: --batch-size 8 --max-new-tokens 64 --temperature T --top-p P --seed 0 --stop S
 --on-error skip|raise --dtype float32 --adapter DIR --engine hf|vllm --limit N --no-progress.
+Every option is also a config key: ``--batch-size 4`` == ``batch_size=4`` == ``batch_size: 4`` in a
+``--config FILE.yaml``; ``bpo bootstrap SUB --help-config`` lists the keys.
 Data-parallel: ``accelerate launch -m bpo bootstrap ...``; each rank writes OUT.shard-<rank>.jsonl
 and rank 0 merges. A killed job is resumed by running the same command again.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 
+from bpo.commands.engine_options import (
+    GenerationOptions,
+    ImageGenerationOptions,
+    engine_from,
+    redefault,
+    settings_from,
+)
+from bpo.config import check_subcommands, option, run_subcommands
 from bpo.errors import BpoError
 
-# Per-generator decoding defaults (see docs/bootstrap.md for why).
-DEFAULTS = {
-    "weaken": {"temperature": 1.0, "top_p": 0.9},  # y ~ p(. | noisy image), nucleus cuts the junk tail
-    "self": {"temperature": 1.0, "top_p": 0.9},  # same decoding as weaken: the ablation differs only by noise
-    "blind": {"temperature": 0.0, "top_p": 1.0},  # greedy, as Li et al.'s infer_json.py
-    "inject": {"temperature": 0.8, "top_p": 0.95},  # the paper's error-injection sampling
-}
+# Per-generator decoding defaults (see docs/bootstrap.md for why): weaken and self sample y ~ p(. | image) with
+# temperature 1 and a nucleus that cuts the junk tail (GenerationOptions' defaults), so the ablation differs only
+# by the noise; blind is greedy, as Li et al.'s infer_json.py; inject uses the paper's error-injection sampling.
 
 
-def add_generation_args(p: argparse.ArgumentParser, *, temperature: float, top_p: float, max_new_tokens: int,
-                        model_required: bool = True, image_root: bool = True) -> None:
-    """Options shared by every engine-driven command (also used by ``bpo generate``)."""
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=model_required, help="model directory or hub id (image-text-to-text)")
-    g.add_argument("--adapter", help="peft adapter directory to apply to --model (e.g. <train output>/adapter)")
-    g.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto (default: float32)")
-    g.add_argument("--engine", default="hf", choices=("hf", "vllm"),
-                   help="hf = transformers generate (default); vllm = optional, GPU only, untested in CI")
-    io = p.add_argument_group("data")
-    io.add_argument("--data", required=True, help="input records (JSONL)")
-    if image_root:
-        io.add_argument("--image-root", help="directory the records' image paths are relative to")
-    io.add_argument("--out", required=True, help="output JSONL; shards OUT.shard-<rank>.jsonl make it resumable")
-    io.add_argument("--on-error", default="skip", choices=("skip", "raise"),
-                    help="bad record (missing/corrupt image, no answer): skip and count it (default) or stop")
-    io.add_argument("--limit", type=int, help="only the first N records (quick trials)")
-    d = p.add_argument_group("decoding")
-    d.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default: 8)")
-    d.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                   help=f"longest answer in tokens (default: {max_new_tokens})")
-    d.add_argument("--temperature", type=float, default=temperature,
-                   help=f"0 = greedy (default: {temperature})")
-    d.add_argument("--top-p", type=float, default=top_p, help=f"nucleus sampling mass (default: {top_p})")
-    d.add_argument("--seed", type=int, default=0,
-                   help="answers depend only on (seed, record id), not on batch size or rank (default: 0)")
-    d.add_argument("--stop", action="append", default=[], metavar="S",
-                   help="stop string (repeatable); the answer is cut before it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+@dataclass(kw_only=True)
+class WeakenConfig(ImageGenerationOptions):
+    """Image-weakened prompting: answer from the noised image (Pi et al.)."""
+
+    steps: str = option("500", help="diffusion step(s) 0..999, comma-separated; one negative per step "
+                                    "(t=900 keeps ~1/3 of the signal)")
+    mode: str = option("sample", choices=("sample", "contrast"),
+                       help="sample: answer from the noisy image alone; contrast: (1+alpha)*noisy - alpha*clean "
+                            "logits, two KV caches")
+    alpha: float = option(1.0, help="contrast strength (contrast mode)")
+    plausibility: float = option(0.1, help="contrast mode: drop tokens with noisy prob < this x the top noisy "
+                                           "prob (0 = off)")
+    noise_target: str = option("pixels", choices=("pixels", "features"),
+                               help="noise the normalised pixel_values (as the paper) or the projected image "
+                                    "embeddings, one row per image token as the language model reads them (verified "
+                                    "on LLaVA-1.5, LLaVA-NeXT anyres incl. newline rows, Qwen2-VL, Qwen2.5-VL, "
+                                    "Gemma 3 pooled tokens; any model whose projector is named multi_modal_projector, "
+                                    "mm_projector or visual.merger)")
+
+    def validate(self, require_paths: bool = True) -> None:
+        super().validate(require_paths)
+        from bpo.bootstrap.weaken import parse_steps
+
+        parse_steps(self.steps)  # a bad --steps fails now, not after the model has loaded
+        if self.engine != "hf":
+            raise BpoError("bootstrap weaken edits the model's inputs and needs --engine hf")
+        if self.alpha < 0 or not 0 <= self.plausibility < 1:
+            raise BpoError("--alpha must be >= 0 and --plausibility in [0, 1); pass e.g. --alpha 1 --plausibility 0.1")
 
 
-def settings_from(args):
-    from bpo.models.generation import SamplingSettings
-
-    return SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop=tuple(args.stop))
+@dataclass(kw_only=True)
+class AnswerConfig(ImageGenerationOptions):
+    """The model's own answer to the clean image (source: self)."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpo bootstrap", description="Generate negatives and append them to records.")
-    sub = p.add_subparsers(dest="generator", metavar="{weaken,inject,self,blind,merge}")
-    sub.required = True
+@dataclass(kw_only=True)
+class BlindConfig(ImageGenerationOptions):
+    """The answer to the same conversation without its image (source: blind)."""
 
-    w = sub.add_parser("weaken", help="answers to a diffusion-noised image (source: weakened)",
-                       description="Image-weakened prompting: answer from the noised image (Pi et al.).")
-    add_generation_args(w, **DEFAULTS["weaken"], max_new_tokens=64)
-    n = w.add_argument_group("noise")
-    n.add_argument("--steps", default="500", help="diffusion step(s) 0..999, comma-separated; one negative "
-                                                  "per step (default: 500; t=900 keeps ~1/3 of the signal)")
-    n.add_argument("--mode", default="sample", choices=("sample", "contrast"),
-                   help="sample: answer from the noisy image alone (default); contrast: (1+alpha)*noisy - "
-                        "alpha*clean logits, two KV caches")
-    n.add_argument("--alpha", type=float, default=1.0, help="contrast strength (contrast mode; default: 1.0)")
-    n.add_argument("--plausibility", type=float, default=0.1,
-                   help="contrast mode: drop tokens with noisy prob < this x the top noisy prob (0 = off)")
-    n.add_argument("--noise-target", default="pixels", choices=("pixels", "features"),
-                   help="noise the normalised pixel_values (default, as the paper) or the projected image "
-                        "embeddings, one row per image token as the language model reads them (verified on "
-                        "LLaVA-1.5, LLaVA-NeXT anyres incl. newline rows, Qwen2-VL, Qwen2.5-VL, Gemma 3 pooled "
-                        "tokens; any model whose projector is named multi_modal_projector, mm_projector or "
-                        "visual.merger)")
-
-    i = sub.add_parser("inject", help="the GT answer rewritten with plausible wrong details (source: injected)",
-                       description="Error injection: a language model rewrites the chosen answer.")
-    add_generation_args(i, **DEFAULTS["inject"], max_new_tokens=256, model_required=False, image_root=False)
-    g = i.add_argument_group("injection")
-    g.add_argument("--backend", default="self", choices=("self", "hf", "openai", "rules"),
-                   help="self = --model's own language model, text only (default); hf = a local causal LM "
-                        "(--lm); openai = an OpenAI-compatible endpoint (--lm model name; OPENAI_BASE_URL, "
-                        "OPENAI_API_KEY from the environment); rules = offline object/count/colour/relation "
-                        "edits (--lm VOCAB.json, COCO objects when omitted)")
-    g.add_argument("--lm", help="causal LM path/id (backend hf), served model name (backend openai) or object "
-                                "vocabulary JSON (backend rules)")
-    g.add_argument("--template", default="zero_shot", choices=("zero_shot", "few_shot"),
-                   help="zero_shot: rewrite a description (paper default); few_shot: question + answer with "
-                        "one worked example per error type")
-    g.add_argument("--retries", type=int, default=3,
-                   help="extra attempts after an empty/identical/refusal/echo output (default: 3)")
-
-    for name, blurb in (("self", "the model's own answer to the clean image (source: self)"),
-                        ("blind", "the answer to the same conversation without its image (source: blind)")):
-        s = sub.add_parser(name, help=blurb, description=blurb[0].upper() + blurb[1:] + ".")
-        add_generation_args(s, **DEFAULTS[name], max_new_tokens=64)
-
-    m = sub.add_parser("merge", help="merge OUT.shard-*.jsonl into OUT (input order, one row per id)")
-    m.add_argument("--data", required=True, help="the input records (gives the order)")
-    m.add_argument("--out", required=True, help="the --out of the job")
-    return p
+    temperature: float = redefault(GenerationOptions, "temperature", 0.0)
+    top_p: float = redefault(GenerationOptions, "top_p", 1.0)
 
 
-def run_generator(args, build, desc: str) -> int:
+@dataclass(kw_only=True)
+class InjectConfig(GenerationOptions):
+    """Error injection: a language model rewrites the chosen answer with plausible wrong details."""
+
+    model: str | None = redefault(GenerationOptions, "model", None)  # only the self backend needs it
+    max_new_tokens: int = redefault(GenerationOptions, "max_new_tokens", 256)
+    temperature: float = redefault(GenerationOptions, "temperature", 0.8)
+    top_p: float = redefault(GenerationOptions, "top_p", 0.95)
+    backend: str = option("self", choices=("self", "hf", "openai", "rules"),
+                          help="self = --model's own language model, text only; hf = a local causal LM (--lm); "
+                               "openai = an OpenAI-compatible endpoint (--lm model name; OPENAI_BASE_URL, "
+                               "OPENAI_API_KEY from the environment); rules = offline object/count/colour/relation "
+                               "edits (--lm VOCAB.json, COCO objects when omitted)")
+    lm: str | None = option(None, help="causal LM path/id (backend hf), served model name (backend openai) or "
+                                       "object vocabulary JSON (backend rules)")
+    template: str = option("zero_shot", choices=("zero_shot", "few_shot"),
+                           help="zero_shot: rewrite a description (paper default); few_shot: question + answer "
+                                "with one worked example per error type")
+    retries: int = option(3, help="extra attempts after an empty/identical/refusal/echo output")
+
+    def validate(self, require_paths: bool = True) -> None:
+        super().validate(require_paths)
+        if self.backend == "self" and not self.model:
+            raise BpoError("--backend self needs --model (the MLLM whose language model rewrites the answers)")
+        if self.backend in ("hf", "openai") and not self.lm:
+            what = "PATH_OR_ID (a causal language model)" if self.backend == "hf" else "MODEL_NAME (the served model)"
+            raise BpoError(f"--backend {self.backend} needs --lm {what}")
+        if self.retries < 0:
+            raise BpoError(f"--retries must be >= 0, not {self.retries}")
+
+
+@dataclass(kw_only=True)
+class MergeConfig:
+    """Merge OUT.shard-*.jsonl into OUT (input order, one row per id)."""
+
+    data: str = option(help="the input records (gives the order)")
+    out: str = option(help="the --out of the job")
+
+
+def run_generator(cfg: GenerationOptions, build, desc: str) -> int:
     """Load the input, build the generator (after the distributed context is known), run, report."""
     from bpo.jobs import dist_context, load_input, run_job
     from bpo.models.identity import weights_fingerprint
+    from bpo.safeguard import check_args
 
+    check_args(cfg, job=("out",))  # before anything is opened for writing: --out may not be an input
     rank, world, barrier, device = dist_context()
-    records, input_errors = load_input(args.data, on_error=args.on_error, limit=args.limit)
+    records, input_errors = load_input(cfg.data, on_error=cfg.on_error, limit=cfg.limit)
     if not records and input_errors:
         # Nothing to do: say why before loading any model, and exit non-zero (not "wrote 0 records").
-        raise BpoError(f"{args.data}: no usable records ({len(input_errors)} skipped; first: {input_errors[0]})")
+        raise BpoError(f"{cfg.data}: no usable records ({len(input_errors)} skipped; first: {input_errors[0]})")
     if input_errors and rank == 0:  # said now, not only after the model has loaded and the job has run
-        print(f"skipping {len(input_errors)} bad record(s) of {args.data} (first: {input_errors[0]})", file=sys.stderr)
+        print(f"skipping {len(input_errors)} bad record(s) of {cfg.data} (first: {input_errors[0]})", file=sys.stderr)
     generator = build(device)
     # The weights' content, not just their paths: other weights at the same path must not resume old negatives.
-    backend = getattr(args, "backend", "self")  # only inject has backends; openai / rules have no local weights
-    model = {"self": getattr(args, "model", None), "hf": getattr(args, "lm", None)}.get(backend)
-    weights = weights_fingerprint(model, getattr(args, "adapter", None) if backend == "self" else None)
-    summary = run_job(records, generator.process, out=args.out, data=args.data,
-                      fingerprint={**generator.fingerprint(), **weights}, chunk_size=4 * args.batch_size,
-                      on_error=args.on_error, desc=desc, progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
-                      input_errors=input_errors, limit=args.limit)
+    backend = getattr(cfg, "backend", "self")  # only inject has backends; openai / rules have no local weights
+    model = {"self": cfg.model, "hf": getattr(cfg, "lm", None)}.get(backend)
+    weights = weights_fingerprint(model, cfg.adapter if backend == "self" else None)
+    summary = run_job(records, generator.process, out=cfg.out, data=cfg.data,
+                      fingerprint={**generator.fingerprint(), **weights}, chunk_size=4 * cfg.batch_size,
+                      on_error=cfg.on_error, desc=desc, progress=not cfg.no_progress, rank=rank, world=world,
+                      barrier=barrier, input_errors=input_errors, limit=cfg.limit)
     print(summary.line(desc))
     if getattr(generator, "passed_through", 0):
         print(f"note: {generator.passed_through} record(s) without images have no blind version; written unchanged, "
@@ -149,73 +149,70 @@ def run_generator(args, build, desc: str) -> int:
     return 0
 
 
-def engine_from_args(args, device):
-    from bpo.models.engines import ENGINES
-
-    return ENGINES.get(args.engine)(args.model, dtype=args.dtype, adapter=args.adapter,
-                                    image_root=getattr(args, "image_root", None), batch_size=args.batch_size,
-                                    device=device)
-
-
-def _weaken(args) -> int:
+def _weaken(cfg: WeakenConfig) -> int:
     from bpo.bootstrap.weaken import WeakenGenerator, parse_steps
 
-    steps = parse_steps(args.steps)  # fail on a bad --steps before loading the model
-    if args.engine != "hf":
-        raise BpoError("bootstrap weaken edits the model's inputs and needs --engine hf")
-    return run_generator(args, lambda device: WeakenGenerator(
-        engine_from_args(args, device), settings_from(args), model=args.model, steps=steps, mode=args.mode,
-        alpha=args.alpha, noise_target=args.noise_target, plausibility=args.plausibility), "bootstrap weaken")
+    steps = parse_steps(cfg.steps)
+    return run_generator(cfg, lambda device: WeakenGenerator(
+        engine_from(cfg, device), settings_from(cfg), model=cfg.model, steps=steps, mode=cfg.mode,
+        alpha=cfg.alpha, noise_target=cfg.noise_target, plausibility=cfg.plausibility), "bootstrap weaken")
 
 
-def _answers(args, blind: bool) -> int:
+def _answers(cfg: ImageGenerationOptions, blind: bool) -> int:
     from bpo.bootstrap.answers import AnswerGenerator
 
-    return run_generator(args, lambda device: AnswerGenerator(
-        engine_from_args(args, device), settings_from(args), model=args.model, blind=blind),
+    return run_generator(cfg, lambda device: AnswerGenerator(
+        engine_from(cfg, device), settings_from(cfg), model=cfg.model, blind=blind),
         f"bootstrap {'blind' if blind else 'self'}")
 
 
-def _inject(args) -> int:
+def _inject(cfg: InjectConfig) -> int:
     from bpo.bootstrap.inject import INJECT_BACKENDS, InjectGenerator, load_template
 
-    template = load_template(args.template)
-    settings = settings_from(args)
+    template = load_template(cfg.template)
+    settings = settings_from(cfg)
     if template.name == "few_shot" and "\nQuestion:" not in settings.stop:
         # A completion that starts the next few-shot block is over; stopping there saves tokens.
         settings.stop = settings.stop + ("\nQuestion:",)
 
     def build(device):
-        backend = INJECT_BACKENDS.get(args.backend)(
-            settings=settings, model=args.model, lm=args.lm, engine=args.engine, dtype=args.dtype,
-            adapter=args.adapter, batch_size=args.batch_size, device=device)
-        name = args.model if args.backend == "self" else (args.lm or "coco") if args.backend == "rules" \
-            else args.lm
-        return InjectGenerator(backend, model=name, template=args.template, retries=args.retries)
+        backend = INJECT_BACKENDS.get(cfg.backend)(
+            settings=settings, model=cfg.model, lm=cfg.lm, engine=cfg.engine, dtype=cfg.dtype,
+            adapter=cfg.adapter, batch_size=cfg.batch_size, device=device)
+        name = cfg.model if cfg.backend == "self" else (cfg.lm or "coco") if cfg.backend == "rules" else cfg.lm
+        return InjectGenerator(backend, model=name, template=cfg.template, retries=cfg.retries)
 
-    return run_generator(args, build, "bootstrap inject")
+    return run_generator(cfg, build, "bootstrap inject")
 
 
-def _merge(args) -> int:
+def _merge(cfg: MergeConfig) -> int:
     from bpo.jobs import errors_path, merge_shards
+    from bpo.safeguard import check_args
 
-    n, missing = merge_shards(args.data, args.out)
-    extra = f"; {missing} input id(s) missing, see {errors_path(args.out)}" if missing else ""
-    print(f"merged {n} row(s) -> {args.out}{extra}")
+    check_args(cfg, job=("out",))
+    n, missing = merge_shards(cfg.data, cfg.out)
+    extra = f"; {missing} input id(s) missing, see {errors_path(cfg.out)}" if missing else ""
+    print(f"merged {n} row(s) -> {cfg.out}{extra}")
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    from bpo.safeguard import check_args
+# sub -> (config, run(cfg) -> exit code, one-line help)
+TABLE = {
+    "weaken": (WeakenConfig, _weaken, "answers to a diffusion-noised image (source: weakened)"),
+    "inject": (InjectConfig, _inject, "the GT answer rewritten with plausible wrong details (source: injected)"),
+    "self": (AnswerConfig, lambda cfg: _answers(cfg, blind=False),
+             "the model's own answer to the clean image (source: self)"),
+    "blind": (BlindConfig, lambda cfg: _answers(cfg, blind=True),
+              "the answer to the same conversation without its image (source: blind)"),
+    "merge": (MergeConfig, _merge, "merge OUT.shard-*.jsonl into OUT (input order, one row per id)"),
+}
+DESCRIPTION = "Generate negatives and append them to records."
 
-    check_args(args, job=("out",))  # before anything is opened for writing: --out may not be an input
-    if args.generator == "merge":
-        return _merge(args)
-    if args.batch_size < 1:
-        raise BpoError(f"--batch-size must be >= 1, not {args.batch_size}")
-    if args.generator == "weaken":
-        return _weaken(args)
-    if args.generator == "inject":
-        return _inject(args)
-    return _answers(args, blind=args.generator == "blind")
+
+def main(argv: list[str]) -> int:
+    return run_subcommands(argv, prog="bpo bootstrap", description=DESCRIPTION, table=TABLE)
+
+
+def check(argv: list[str]) -> None:
+    """Parse a ``bpo bootstrap`` line without running it or needing its input files (``bpo pipeline``)."""
+    check_subcommands(argv, prog="bpo bootstrap", table=TABLE)

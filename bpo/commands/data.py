@@ -4,60 +4,67 @@
     bpo data import FILE --out OUT.jsonl [--format auto|trl|bootstrapped_po|mmsafe_po|llava_sft|povid|rlaif_v|bpo]
                     [--image-out DIR] [--image-prefix P] [--on-error raise|skip] [--split-turns]
     bpo data stats FILE [--json]
+
+Every option is also a config key: ``--image-root DIR`` == ``image_root=DIR`` == ``image_root: DIR`` in a
+``--config FILE.yaml``; ``bpo data SUB --help-config`` lists the keys.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
+from dataclasses import dataclass
 
+from bpo.config import check_subcommands, option, run_subcommands
 from bpo.errors import BpoError
 
 FORMATS = ("auto", "trl", "bootstrapped_po", "mmsafe_po", "llava_sft", "povid", "rlaif_v", "bpo")
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpo data", description="Validate, import and summarise record files.")
-    sub = p.add_subparsers(dest="action", metavar="{validate,import,stats}")
-    sub.required = True
+@dataclass(kw_only=True)
+class ValidateConfig:
+    """Print each problem as `file:line: record 'id': message`; exit 1 on errors."""
 
-    v = sub.add_parser("validate", help="report every problem in a record JSONL file",
-                       description="Print each problem as `file:line: record 'id': message`; exit 1 on errors.")
-    v.add_argument("file")
-    v.add_argument("--image-root", help="directory the records' image paths are relative to "
-                                        "(required unless --no-image-check)")
-    v.add_argument("--require-rejected", action="store_true",
-                   help="every record needs >= 1 rejected response (training data)")
-    v.add_argument("--no-image-check", action="store_true",
-                   help="do not open the images; only check their paths are relative and inside the root")
+    file: str = option(positional="1", metavar="FILE", help="record JSONL file to check")
+    image_root: str | None = option(None, help="directory the records' image paths are relative to "
+                                               "(required unless --no-image-check)")
+    require_rejected: bool = option(False, help="every record needs >= 1 rejected response (training data)")
+    no_image_check: bool = option(False, help="do not open the images; only check their paths are relative and "
+                                              "inside the root")
 
-    i = sub.add_parser("import", help="convert TRL / Bootstrapped-PO / MMSafe-PO / LLaVA rows to bpo records",
-                       description="Convert a foreign file (.jsonl, .json list or .parquet) to bpo records.")
-    i.add_argument("file")
-    i.add_argument("--format", default="auto", choices=FORMATS,
-                   help="input format; auto detects it from the first row's keys (default: auto)")
-    i.add_argument("--out", required=True, help="output JSONL path (written atomically)")
-    i.add_argument("--image-out", help="write embedded image bytes here (named by content hash); this "
-                                       "directory is then the --image-root of the output")
-    i.add_argument("--image-prefix", default="",
-                   help="prefix for written image paths, when --image-out is a sub-folder of the image root")
-    i.add_argument("--on-error", default="raise", choices=("raise", "skip"),
-                   help="stop at the first malformed row (raise) or skip and count it (skip)")
-    i.add_argument("--split-turns", action="store_true",
-                   help="llava_sft: one record per gpt answer (id suffix -t<k>) instead of the last only")
-
-    s = sub.add_parser("stats", help="counts per source, images, turns, lengths, rejection reasons")
-    s.add_argument("file")
-    s.add_argument("--json", action="store_true", help="print the numbers as JSON")
-    return p
+    def validate(self, require_paths: bool = True) -> None:
+        if self.image_root is None and not self.no_image_check:
+            raise BpoError("pass --image-root DIR (the directory image paths are relative to), or --no-image-check")
 
 
-def _validate(args) -> int:
+@dataclass(kw_only=True)
+class ImportConfig:
+    """Convert a foreign file (.jsonl, .json list or .parquet) to bpo records."""
+
+    file: str = option(positional="1", metavar="FILE", help="the file to import")
+    format: str = option("auto", choices=FORMATS, help="input format; auto detects it from the first row's keys")
+    out: str = option(help="output JSONL path (written atomically)")
+    image_out: str | None = option(None, help="write embedded image bytes here (named by content hash); this "
+                                              "directory is then the --image-root of the output")
+    image_prefix: str = option("", help="prefix for written image paths, when --image-out is a sub-folder of the "
+                                        "image root")
+    on_error: str = option("raise", choices=("raise", "skip"),
+                           help="stop at the first malformed row (raise) or skip and count it (skip)")
+    split_turns: bool = option(False, help="llava_sft: one record per gpt answer (id suffix -t<k>) instead of the "
+                                           "last only")
+
+
+@dataclass(kw_only=True)
+class StatsConfig:
+    """Counts per source, images, turns, lengths, rejection reasons."""
+
+    file: str = option(positional="1", metavar="FILE", help="record JSONL file")
+    json: bool = option(False, help="print the numbers as JSON")
+
+
+def _validate(args: ValidateConfig) -> int:
     from bpo.data.validate import validate_file
 
-    if args.image_root is None and not args.no_image_check:
-        raise BpoError("pass --image-root DIR (the directory image paths are relative to), or --no-image-check")
     problems = validate_file(args.file, args.image_root, require_rejected=args.require_rejected,
                              check_images=not args.no_image_check)
     for p in problems:
@@ -66,9 +73,12 @@ def _validate(args) -> int:
     return 1 if problems.errors else 0
 
 
-def _import(args) -> int:
+def _import(args: ImportConfig) -> int:
     from bpo.data.importers import import_file
     from bpo.data.records import write_records
+    from bpo.safeguard import check_args
+
+    check_args(args, output_dirs=("image_out",))  # --out may not be the imported file
 
     res = import_file(args.file, args.format, image_out=args.image_out, image_prefix=args.image_prefix,
                       on_error=args.on_error, split_turns=args.split_turns)
@@ -89,7 +99,7 @@ def _import(args) -> int:
     return 0
 
 
-def _stats(args) -> int:
+def _stats(args: StatsConfig) -> int:
     from bpo.data.records import read_records
     from bpo.data.stats import compute_stats, format_stats
 
@@ -105,9 +115,18 @@ def _stats(args) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    from bpo.safeguard import check_args
+TABLE = {
+    "validate": (ValidateConfig, _validate, "report every problem in a record JSONL file"),
+    "import": (ImportConfig, _import, "convert TRL / Bootstrapped-PO / MMSafe-PO / LLaVA rows to bpo records"),
+    "stats": (StatsConfig, _stats, "counts per source, images, turns, lengths, rejection reasons"),
+}
+DESCRIPTION = "Validate, import and summarise record files."
 
-    check_args(args, output_dirs=("image_out",))  # --out may not be the imported file
-    return {"validate": _validate, "import": _import, "stats": _stats}[args.action](args)
+
+def main(argv: list[str]) -> int:
+    return run_subcommands(argv, prog="bpo data", description=DESCRIPTION, table=TABLE)
+
+
+def check(argv: list[str]) -> None:
+    """Parse a ``bpo data`` line without running it or needing its input files (``bpo pipeline``)."""
+    check_subcommands(argv, prog="bpo data", table=TABLE)

@@ -8,6 +8,8 @@
 
 ``--preset`` pins a protocol's decoding (greedy, its max new tokens) and, where the protocol has one,
 its prompt, so ``bpo eval prepare`` + ``generate --preset`` + ``eval`` reproduce it (bpo.eval.protocols).
+Every option is also a config key: ``--max-new-tokens 64`` == ``max_new_tokens=64`` == ``max_new_tokens: 64``
+in a ``--config FILE.yaml``; ``bpo generate --help-config`` lists the keys.
 
 Rows: ``{"id", "response", "prompt", "meta"}`` in input order (read by ``bpo eval``). Greedy by
 default, as the usual protocols (POPE, CHAIR, MMSafe-PO's infer_json.py) decode.
@@ -15,72 +17,106 @@ default, as the usual protocols (POPE, CHAIR, MMSafe-PO's infer_json.py) decode.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+
+from bpo.commands.engine_options import GenerationOptions, ImageGenerationOptions, redefault
+from bpo.config import command_parser, load_yaml, option, parse_command
+from bpo.errors import BpoError
+from bpo.eval.protocols import PRESETS
+
+PROG = "bpo generate"
+DESCRIPTION = "Generate responses to eval records, resumably."
 
 
-def _parser() -> argparse.ArgumentParser:
-    from bpo.commands.bootstrap import add_generation_args
+@dataclass(kw_only=True)
+class GenerateConfig(ImageGenerationOptions):
+    """The shared generation options with eval defaults (greedy, 512 new tokens), plus the prompt and preset."""
 
-    p = argparse.ArgumentParser(prog="bpo generate", description="Generate responses to eval records, resumably.")
-    add_generation_args(p, temperature=0.0, top_p=1.0, max_new_tokens=512, model_required=False)
-    e = p.add_argument_group("prompt")
-    e.add_argument("--prompt-field", metavar="FIELD",
-                   help="use the string meta.FIELD as the last user turn's text (images kept), e.g. text_prompt")
-    e.add_argument("--blind", action="store_true", help="remove every image from the prompts")
-    from bpo.eval.protocols import PRESETS
+    model: str | None = redefault(GenerationOptions, "model", None)  # not needed by --merge-only
+    max_new_tokens: int = redefault(GenerationOptions, "max_new_tokens", 512)
+    temperature: float = redefault(GenerationOptions, "temperature", 0.0)
+    top_p: float = redefault(GenerationOptions, "top_p", 1.0)
+    prompt_field: str | None = option(None, metavar="FIELD", help="use the string meta.FIELD as the last user "
+                                                                  "turn's text (images kept), e.g. text_prompt")
+    blind: bool = option(False, help="remove every image from the prompts")
+    preset: str | None = option(None, choices=PRESETS,
+                                help="a pinned eval protocol: greedy, its max new tokens (amber-g 512, amber-d 32, "
+                                     "objhal 1024, chair500 512, vlguard 256) and its fixed prompt if it has one; "
+                                     "see docs/eval.md")
+    merge_only: bool = option(False, help="only merge existing OUT.shard-*.jsonl into OUT (after ranks were run "
+                                          "separately)")
 
-    e.add_argument("--preset", choices=PRESETS,
-                   help="a pinned eval protocol: greedy, its max new tokens (amber-g 512, amber-d 32, objhal 1024, "
-                        "chair500 512, vlguard 256) and its fixed prompt if it has one; see docs/eval.md")
-    p.add_argument("--merge-only", action="store_true",
-                   help="only merge existing OUT.shard-*.jsonl into OUT (after ranks were run separately)")
-    return p
+    def validate(self, require_paths: bool = True) -> None:
+        if self.merge_only:
+            return  # only --data and --out are read
+        super().validate(require_paths)
+        if not self.model:
+            raise BpoError("pass --model (a model directory or hub id), or --merge-only to merge shards")
+
+
+def _given(argv: list[str]) -> list[str]:
+    """The options the user set in any spelling (flag, key=value, YAML), as the ``--flags`` apply_preset names."""
+    ns, extra = command_parser(GenerateConfig, prog=PROG).parse_known_args(argv)
+    keys = set(vars(ns)) | {tok.partition("=")[0] for tok in extra if "=" in tok}
+    keys |= set(load_yaml(ns.config)) if ns.config else set()
+    return ["--" + k.replace("_", "-") for k in keys]
+
+
+def _parse(argv: list[str], require: bool):
+    """The config with its --preset applied (None after --help-config); a contradicting option is an error."""
+    from bpo.eval.protocols import apply_preset
+
+    cfg = parse_command(GenerateConfig, argv, prog=PROG, description=DESCRIPTION, require=require)
+    return (None, None) if cfg is None else (cfg, apply_preset(cfg, _given(argv)))
+
+
+def check(argv: list[str]) -> None:
+    """Parse a ``bpo generate`` line without running it or needing its input files (``bpo pipeline``)."""
+    _parse(argv, require=False)
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    cfg, preset = _parse(argv, require=True)
+    if cfg is None:
+        return 0
+    from bpo.jobs import errors_path, merge_shards
     from bpo.safeguard import check_args
 
-    check_args(args, job=("out",))  # --out (and its shards) may not be an input
-    from bpo.eval.protocols import apply_preset, check_records
-    from bpo.jobs import errors_path, merge_shards
-
-    preset = apply_preset(args, argv)
-
-    if args.merge_only:
-        n, missing = merge_shards(args.data, args.out)
-        print(f"merged {n} row(s) -> {args.out}" + (f"; {missing} missing, see {errors_path(args.out)}"
-                                                     if missing else ""))
+    check_args(cfg, job=("out",))  # --out (and its shards) may not be an input
+    if cfg.merge_only:
+        n, missing = merge_shards(cfg.data, cfg.out)
+        print(f"merged {n} row(s) -> {cfg.out}" + (f"; {missing} missing, see {errors_path(cfg.out)}"
+                                                   if missing else ""))
         return 0
-    from bpo.commands.bootstrap import engine_from_args, settings_from
-    from bpo.errors import BpoError
+    return _generate(cfg, preset)
+
+
+def _generate(cfg: GenerateConfig, preset) -> int:
+    from bpo.commands.engine_options import engine_from, settings_from
     from bpo.eval.generate import ResponseGenerator, read_eval_records
+    from bpo.eval.protocols import check_records
     from bpo.jobs import dist_context, run_job
     from bpo.models.identity import weights_fingerprint
 
-    if not args.model:
-        raise BpoError("pass --model (a model directory or hub id)")
-    if args.batch_size < 1:
-        raise BpoError(f"--batch-size must be >= 1, not {args.batch_size}")
     rank, world, barrier, device = dist_context()
-    records, input_errors = read_eval_records(args.data, on_error=args.on_error, limit=args.limit)
+    records, input_errors = read_eval_records(cfg.data, on_error=cfg.on_error, limit=cfg.limit)
     if not records:  # before the model loads: nothing would be generated
         why = f"{len(input_errors)} skipped; first: {input_errors[0]}" if input_errors else "the file is empty"
-        raise BpoError(f"{args.data}: no usable records ({why})")
+        raise BpoError(f"{cfg.data}: no usable records ({why})")
     if input_errors and rank == 0:
         import sys
 
-        print(f"skipping {len(input_errors)} bad record(s) of {args.data} (first: {input_errors[0]})", file=sys.stderr)
+        print(f"skipping {len(input_errors)} bad record(s) of {cfg.data} (first: {input_errors[0]})", file=sys.stderr)
     if preset is not None:
         check_records(preset, records)
-    gen = ResponseGenerator(engine_from_args(args, device), settings_from(args), model=args.model, adapter=args.adapter,
-                            prompt_field=args.prompt_field, blind=args.blind,
+    gen = ResponseGenerator(engine_from(cfg, device), settings_from(cfg), model=cfg.model, adapter=cfg.adapter,
+                            prompt_field=cfg.prompt_field, blind=cfg.blind,
                             preset=preset.name if preset else None, prompt_text=preset.prompt if preset else None)
     # The weights' content, not just their paths: a retrained adapter at the same path must not resume old answers.
-    fingerprint = {**gen.fingerprint(), **weights_fingerprint(args.model, args.adapter)}
-    summary = run_job(records, gen.process, out=args.out, data=args.data, fingerprint=fingerprint,
-                      chunk_size=4 * args.batch_size, on_error=args.on_error, desc="generate",
-                      progress=not args.no_progress, rank=rank, world=world, barrier=barrier,
-                      input_errors=input_errors, limit=args.limit)
+    fingerprint = {**gen.fingerprint(), **weights_fingerprint(cfg.model, cfg.adapter)}
+    summary = run_job(records, gen.process, out=cfg.out, data=cfg.data, fingerprint=fingerprint,
+                      chunk_size=4 * cfg.batch_size, on_error=cfg.on_error, desc="generate",
+                      progress=not cfg.no_progress, rank=rank, world=world, barrier=barrier,
+                      input_errors=input_errors, limit=cfg.limit)
     print(summary.line("generate"))
     return 0

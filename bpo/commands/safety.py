@@ -7,70 +7,106 @@
                      [--llm-backend openai|hf --llm-model NAME --llm-base-url URL --llm-api-key-env VAR]
     bpo safety export --records out.jsonl --out mmsafe.json [--prompt-key question|prompt]
 
-See docs/blind_po.md for a worked example.
+Every option is also a config key: ``--image-root DIR`` == ``image_root=DIR`` == ``image_root: DIR`` in a
+``--config FILE.yaml`` (the LLM options form a section: ``--llm-model M`` == ``llm.model=M``);
+``bpo safety SUB --help-config`` lists the keys. See docs/blind_po.md for a worked example.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass, field
+
+from bpo.commands.engine_options import at_least, need_dir
+from bpo.config import check_subcommands, option, run_subcommands
+from bpo.errors import BpoError
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpo safety", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="action", required=True, metavar="{build,sample,export}")
+@dataclass(kw_only=True)
+class LLMOptions:
+    """The LLM of ``--entity-backend llm`` and ``--llm-rewrite`` (flags --llm-backend, --llm-model, ...)."""
 
-    b = sub.add_parser("build", help="text-only pairs + image index -> multimodal preference records")
+    backend: str = option("openai", choices=("openai", "hf"),
+                          help="openai (any OpenAI-compatible endpoint) | hf (local)")
+    model: str = option("", help="model name (openai) or local model directory (hf)")
+    base_url: str | None = option(None, help="endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = option("OPENAI_API_KEY",
+                              help="NAME of the environment variable holding the API key (the key is never logged)")
+    max_new_tokens: int = option(128, help="reply length cap")
+
+
+@dataclass(kw_only=True)
+class BuildConfig:
+    """Text-only pairs + image index -> multimodal preference records."""
+
     # --- inputs / outputs
-    b.add_argument("--pairs", required=True, help="HH-RLHF JSONL (chosen/rejected strings) or {prompt, chosen, rejected}")
-    b.add_argument("--index", required=True, help="image index: CSV (entity,type,image[,aliases]) or JSONL")
-    b.add_argument("--image-root", required=True, help="directory the index's image paths are relative to")
-    b.add_argument("--out", required=True, help="output records JSONL")
-    b.add_argument("--report", default=None, help="report path (default: build_report.json beside --out)")
+    pairs: str = option(help="HH-RLHF JSONL (chosen/rejected strings) or {prompt, chosen, rejected}")
+    index: str = option(help="image index: CSV (entity,type,image[,aliases]) or JSONL")
+    image_root: str = option(help="directory the index's image paths are relative to")
+    out: str = option(help="output records JSONL")
+    report: str | None = option(None, help="report path (default: build_report.json beside --out)")
     # --- pipeline
-    b.add_argument("--entity-backend", default="gazetteer", help="gazetteer (default) | column | llm")
-    b.add_argument("--entity-column", default="entity", help="column backend: the entity column")
-    b.add_argument("--entity-type-column", default="entity_type", help="column backend: the optional type column")
-    b.add_argument("--seed", type=int, default=0, help="seed of the per-record referring-phrase choice")
-    b.add_argument("--llm-rewrite", action="store_true", help="polish the rule-based rewrite with an LLM")
-    b.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="malformed pairs / index rows: stop (raise) or skip and count them")
-    b.add_argument("--max-prompt-words", type=int, default=None, help="drop records whose prompt has more words")
-    b.add_argument("--type", dest="data_type", default="harmless", help="MMSafe-PO 'type' field (default harmless)")
-    b.add_argument("--id-prefix", default=None, help="ids for rows without one: PREFIX<line> (default: file stem-)")
-    # --- LLM (entity backend llm, --llm-rewrite)
-    b.add_argument("--llm-backend", default="openai", help="openai (any OpenAI-compatible endpoint) | hf (local)")
-    b.add_argument("--llm-model", default="", help="model name (openai) or local model directory (hf)")
-    b.add_argument("--llm-base-url", default=None, help="endpoint, e.g. http://127.0.0.1:8000/v1")
-    b.add_argument("--llm-api-key-env", default="OPENAI_API_KEY",
-                   help="NAME of the environment variable holding the API key (the key is never logged)")
-    b.add_argument("--llm-max-new-tokens", type=int, default=128, help="reply length cap")
-    b.add_argument("--no-llm-cache", action="store_true",
-                   help="do not reuse or store LLM replies (default: cached under $BPO_HOME/safety-llm)")
+    entity_backend: str = option("gazetteer", help="gazetteer | column | llm")
+    entity_column: str = option("entity", help="column backend: the entity column")
+    entity_type_column: str = option("entity_type", help="column backend: the optional type column")
+    seed: int = option(0, help="seed of the per-record referring-phrase choice")
+    llm_rewrite: bool = option(False, help="polish the rule-based rewrite with an LLM")
+    on_error: str = option("raise", choices=("raise", "skip"),
+                           help="malformed pairs / index rows: stop (raise) or skip and count them")
+    max_prompt_words: int | None = option(None, help="drop records whose prompt has more words")
+    data_type: str = option("harmless", flag="--type", help="MMSafe-PO 'type' field")
+    id_prefix: str | None = option(None, help="ids for rows without one: PREFIX<line> (default: file stem-)")
+    llm: LLMOptions = field(default_factory=LLMOptions, metadata={"help": "the LLM (entity backend llm, --llm-rewrite)"})
+    no_llm_cache: bool = option(False, help="do not reuse or store LLM replies (default: cached under "
+                                            "$BPO_HOME/safety-llm)")
 
-    s = sub.add_parser("sample", help="write the bundled sample (pairs, index, drawn images)")
-    s.add_argument("--out", required=True, help="directory to write into")
+    def validate(self, require_paths: bool = True) -> None:
+        from bpo.safety.entities import ENTITY_BACKENDS
 
-    e = sub.add_parser("export", help="records -> flat MMSafe-PO rows (USER: ... ASSISTANT:)")
-    e.add_argument("--records", required=True, help="records JSONL written by `bpo safety build`")
-    e.add_argument("--out", required=True, help="output .json (a list, like the released files) or .jsonl")
-    e.add_argument("--prompt-key", choices=("question", "prompt"), default="question",
-                   help="'question' (GitHub test.json) or 'prompt' (HF card)")
-    return p
+        try:
+            ENTITY_BACKENDS.get(self.entity_backend)
+        except BpoError as exc:
+            raise BpoError(f"--entity-backend: {exc}") from None
+        if (self.entity_backend == "llm" or self.llm_rewrite) and not self.llm.model:
+            why = "--llm-rewrite" if self.llm_rewrite else "--entity-backend llm"
+            raise BpoError(f"{why} needs a model name: pass --llm-model NAME (llm.model=NAME)")
+        at_least(self.max_prompt_words, 1, "--max-prompt-words", 60)
+        at_least(self.llm.max_new_tokens, 1, "--llm-max-new-tokens", 128)
+        if require_paths:
+            need_dir(self.image_root, "--image-root", "the index's image paths are relative to")
 
 
-def _build(args) -> int:
+@dataclass(kw_only=True)
+class SampleConfig:
+    """Write the bundled sample (pairs, index, drawn images)."""
+
+    out: str = option(help="directory to write into")
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """Records -> flat MMSafe-PO rows (USER: ... ASSISTANT:)."""
+
+    records: str = option(help="records JSONL written by `bpo safety build`")
+    out: str = option(help="output .json (a list, like the released files) or .jsonl")
+    prompt_key: str = option("question", choices=("question", "prompt"),
+                             help="'question' (GitHub test.json) or 'prompt' (HF card)")
+
+
+def _build(args: BuildConfig) -> int:
+    from bpo.safeguard import check_args
     from bpo.safety.build import BuildOptions, run_build
     from bpo.safety.llm import LLMSpec, make_llm
+
+    check_args(args)  # --out/--report may not be --pairs or --index
 
     options = BuildOptions(entity_backend=args.entity_backend, seed=args.seed, llm_rewrite=args.llm_rewrite,
                            on_error=args.on_error, max_prompt_words=args.max_prompt_words,
                            data_type=args.data_type, id_prefix=args.id_prefix)
     llm = None
     if args.entity_backend == "llm" or args.llm_rewrite:
-        llm = make_llm(LLMSpec(backend=args.llm_backend, model=args.llm_model, base_url=args.llm_base_url,
-                               api_key_env=args.llm_api_key_env, max_new_tokens=args.llm_max_new_tokens),
-                       cache=not args.no_llm_cache)
+        o = args.llm
+        llm = make_llm(LLMSpec(backend=o.backend, model=o.model, base_url=o.base_url, api_key_env=o.api_key_env,
+                               max_new_tokens=o.max_new_tokens), cache=not args.no_llm_cache)
     report = run_build(args.pairs, args.index, args.image_root, args.out, options, llm=llm,
                        report_path=args.report,
                        finder_options={"column": args.entity_column, "type_column": args.entity_type_column})
@@ -82,7 +118,7 @@ def _build(args) -> int:
     return 0
 
 
-def _sample(args) -> int:
+def _sample(args: SampleConfig) -> int:
     from bpo.safety.sample import write_sample
 
     paths = write_sample(args.out)
@@ -92,8 +128,12 @@ def _sample(args) -> int:
     return 0
 
 
-def _export(args) -> int:
+def _export(args: ExportConfig) -> int:
     from pathlib import Path
+
+    from bpo.safeguard import check_args
+
+    check_args(args)  # --out may not be --records
 
     from bpo.data.records import read_records
     from bpo.io import write_json, write_jsonl
@@ -108,9 +148,20 @@ def _export(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from bpo.safeguard import check_args
+TABLE = {
+    "build": (BuildConfig, _build, "text-only pairs + image index -> multimodal preference records"),
+    "sample": (SampleConfig, _sample, "write the bundled sample (pairs, index, drawn images)"),
+    "export": (ExportConfig, _export, "records -> flat MMSafe-PO rows (USER: ... ASSISTANT:)"),
+}
 
-    check_args(args)  # --out/--report may not be --pairs, --index or --records
-    return {"build": _build, "sample": _sample, "export": _export}[args.action](args)
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    return run_subcommands(sys.argv[1:] if argv is None else argv, prog="bpo safety",
+                           description=__doc__.split("\n\n")[0], table=TABLE)
+
+
+def check(argv: list[str]) -> None:
+    """Parse a ``bpo safety`` line without running it or needing its input files (``bpo pipeline``)."""
+    check_subcommands(argv, prog="bpo safety", table=TABLE)
