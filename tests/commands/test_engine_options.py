@@ -94,6 +94,7 @@ def test_preset_refuses_a_contradicting_option_in_every_spelling(spelling, tmp_p
     (["generate", "--data", "d", "--out", "o", "--image-root", "/nonexistent/dir", "--model", "m"],
      "error: --image-root /nonexistent/dir: no such directory; pass the folder the records' image paths are "
      "relative to"),
+    (["data", "stats"], "error: bpo data stats: missing FILE"),
     (["data", "stats", "f.jsonl", "jsn=true"], "error: bpo data stats: unknown config key 'jsn'; did you mean 'json'?"),
     (["safety", "export", "--records", "r", "--out", "o", "--prompt-key", "q"],
      "error: bpo safety export: config key 'prompt_key': 'q' is not one of question, prompt"),
