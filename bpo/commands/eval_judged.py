@@ -14,9 +14,9 @@ from bpo.commands.eval_common import Reported, Scored, finish, note_unknown
 from bpo.config import option
 from bpo.errors import BpoError
 from bpo.eval.judging import JudgeSection, SampledJudgeSection
+from bpo.eval.vlguard import SPLITS as VLGUARD_SPLITS
 
 TEXT_JUDGES = ("llm", "hf")
-VLGUARD_SPLITS = ("unsafes", "safe_unsafes", "safe_safes")  # bpo.eval.vlguard.SPLITS (checked by a test)
 
 
 def _section(cls: type, help: str):
@@ -24,8 +24,7 @@ def _section(cls: type, help: str):
 
 
 @dataclass(kw_only=True)
-class MMVetConfig(Scored):
-    questions: str = option(help="the benchmark's mm-vet.json {id: {imagename, capability, question, answer}}")
+class _TextJudged(Scored):
     judge: SampledJudgeSection = _section(SampledJudgeSection, "the grading judge (llm or hf)")
 
     def validate(self, require_paths: bool = True) -> None:
@@ -33,16 +32,17 @@ class MMVetConfig(Scored):
 
 
 @dataclass(kw_only=True)
-class LlavaBenchConfig(Scored):
+class MMVetConfig(_TextJudged):
+    questions: str = option(help="the benchmark's mm-vet.json {id: {imagename, capability, question, answer}}")
+
+
+@dataclass(kw_only=True)
+class LlavaBenchConfig(_TextJudged):
     questions: str = option(help="questions.jsonl {question_id, image, text, category}")
     references: str = option(help="reference answers JSONL {question_id, text} (answers_gpt4.jsonl)")
     context: str | None = option(None, help="context.jsonl {image, caption} shown to the judge (optional)")
     both_orders: bool = option(False, help="also ask with the model answer first and average, to cancel "
                                            "position bias")
-    judge: SampledJudgeSection = _section(SampledJudgeSection, "the reviewing judge (llm or hf)")
-
-    def validate(self, require_paths: bool = True) -> None:
-        self.judge.check(TEXT_JUDGES, required=True)
 
 
 @dataclass(kw_only=True)

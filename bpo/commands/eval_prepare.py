@@ -13,11 +13,11 @@ from bpo.commands.eval_common import Scored, finish
 from bpo.config import option
 from bpo.errors import BpoError
 from bpo.eval.amber import ANSWERS, EVALUATION_TYPES, MATCHING, NOUNS, SPACY_MODEL, SPACY_THRESHOLD
+from bpo.eval.vlguard import SPLITS
 
 # `bpo eval prepare` benchmarks of the pinned protocols, and the `bpo generate --preset` names they write.
 PROTOCOL_PREPARE = ("amber", "objhal", "chair500", "vlguard")
 PROTOCOL_PRESETS = ("objhal", "chair500", "amber-g", "amber-d", "vlguard")
-SPLITS = ("unsafes", "safe_unsafes", "safe_safes")  # bpo.eval.vlguard.SPLITS
 
 
 @dataclass(kw_only=True)

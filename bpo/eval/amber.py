@@ -50,6 +50,7 @@ from functools import cache
 from pathlib import Path
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval.formats import json_objects
 from bpo.io import read_json
 
 GENERATIVE = "generative"
@@ -146,14 +147,9 @@ def load_amber_responses(path: str | os.PathLike) -> dict[int, dict]:
 
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = read_json(path, "responses file")
-        if not isinstance(data, list):
-            raise BpoError(f"{path}: expected AMBER's response format, a JSON list of {{id, response}}")
         rows = {}
-        for i, obj in enumerate(data):
-            where = f"{path}[{i}]"
-            if not isinstance(obj, dict) or not isinstance(obj.get("response"), str):
-                raise RecordError("expected {id, response: str}", where=where)
+        for where, obj in json_objects(path, "responses file", "AMBER's response format, a JSON list of {id, response}",
+                                       "{id, response: str}", lambda o: isinstance(o.get("response"), str)):
             rid = _int_id(obj.get("id"), where)
             if rid in rows:
                 raise RecordError("duplicate id; keep one response per item", where=where, record_id=str(rid))
@@ -460,16 +456,10 @@ def load_queries(path: str | os.PathLike) -> dict[int, str]:
 
 
 def _query_rows(path) -> dict[int, dict]:
-    data = read_json(path, "AMBER query file")
-    if not isinstance(data, list):
-        raise BpoError(f"{path}: expected an AMBER query file, a JSON list of {{id, image, query}}")
-    out = {}
-    for i, q in enumerate(data):
-        where = f"{path}[{i}]"
-        if not isinstance(q, dict) or not all(isinstance(q.get(k), str) and q[k] for k in ("image", "query")):
-            raise RecordError("expected {id, image: str, query: str}", where=where)
-        out[_int_id(q.get("id"), where)] = q
-    return out
+    items = json_objects(path, "AMBER query file", "an AMBER query file, a JSON list of {id, image, query}",
+                         "{id, image: str, query: str}",
+                         lambda q: all(isinstance(q.get(k), str) and q[k] for k in ("image", "query")))
+    return {_int_id(q.get("id"), where): q for where, q in items}
 
 
 def prepare_records(path, image_prefix: str = "", annotations: AmberData | None = None) -> list[dict]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval.formats import json_objects
 from bpo.io import read_json
 
 SPLITS = ("unsafes", "safe_unsafes", "safe_safes")
@@ -146,15 +147,9 @@ def evaluate_vlguard(items: list[tuple[dict, str]]) -> tuple[dict, list[dict]]:
 
 def load_references(path) -> dict[str, str]:
     """VLGuard's ``gpt4_safe_safes.json`` ``[{id, image, instruction, response}]`` -> ``{id: response}``."""
-    data = read_json(path, "references file")
-    if not isinstance(data, list):
-        raise BpoError(f"{path}: expected VLGuard's gpt4_safe_safes.json, a list of {{id, image, response}}")
-    out = {}
-    for i, r in enumerate(data):
-        if not isinstance(r, dict) or not isinstance(r.get("response"), str):
-            raise RecordError("expected {id, image, instruction, response: str}", where=f"{path}[{i}]")
-        out[str(r.get("id"))] = r["response"]
-    return out
+    items = json_objects(path, "references file", "VLGuard's gpt4_safe_safes.json, a list of {id, image, response}",
+                         "{id, image, instruction, response: str}", lambda r: isinstance(r.get("response"), str))
+    return {str(r.get("id")): r["response"] for _, r in items}
 
 
 def helpfulness(grader, items: list[tuple[dict, str]], references: dict[str, str] | None,
