@@ -291,8 +291,10 @@ def command_parser(cls: type, *, prog: str, description: str | None = None, epil
         helptext = f.metadata.get("help", "") + _default_text(f)
         choices = f.metadata.get("choices")
         if "positional" in f.metadata:
-            nargs = f.metadata["positional"]
-            p.add_argument(key, nargs=None if nargs == "1" else nargs, help=helptext,
+            # argparse would demand a required positional even with --help-config, or when --config gives it;
+            # parse_command's missing-key check enforces it instead
+            nargs = {"1": "?", "+": "*"}.get(f.metadata["positional"], f.metadata["positional"])
+            p.add_argument(key, nargs=nargs, help=helptext,
                            metavar=f.metadata.get("metavar", key.upper()), default=argparse.SUPPRESS)
             continue
         flag = _flag(key, f)
