@@ -32,7 +32,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-from bpo.commands.eval_common import Scored, finish
+from bpo.commands.eval_judged import Scored, finish
 from bpo.config import option, parse_command, run_subcommands
 from bpo.errors import BpoError
 from bpo.eval.judging import JudgeSection

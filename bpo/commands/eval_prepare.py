@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bpo.commands.eval_common import Scored, finish
+from bpo.commands.eval_judged import Scored, finish
 from bpo.config import option
 from bpo.errors import BpoError
 from bpo.eval.amber import ANSWERS, EVALUATION_TYPES, MATCHING, NOUNS, SPACY_MODEL, SPACY_THRESHOLD

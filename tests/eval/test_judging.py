@@ -114,6 +114,18 @@ def test_safety_verdicts_and_grades_share_one_cache_file(tmp_path):
     assert len(reread) == 2 and {r["judge"] for r in reread._rows.values()} == {"scripted", "numbers"}
 
 
+def test_graded_cache_keys_are_those_written_before_the_engines_merged():
+    """grades.jsonl rows stay valid: this key was computed with bpo/eval/grading.py at 8a6646e."""
+
+    class Judge:
+        name, model_id, cache_unparsed, max_tokens, temperature = "llm", "gpt-x", False, 10, 0.0
+
+    fields = ("answer", "ground_truth", "question")
+    grader = Grader(Judge(), load_template("mmvet_grade_v1", fields), lambda r: None, use_cache=False)
+    key = grader.key({"answer": "a", "ground_truth": "g", "question": "q"}, 1)
+    assert key == "21aefc01f0fc3034aba6280fa6bae344f7dd40f4afdd7cbc6e82aad1a18d2370"
+
+
 def test_judge_section_defaults_are_one_per_flag():
     j = JudgeSection()
     assert (j.device, j.cache, j.api_key_env, j.timeout, j.backoff, j.workers) == ("auto", None, "OPENAI_API_KEY",
