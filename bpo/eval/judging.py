@@ -16,7 +16,9 @@ template (version and text hash), backend kind, model, decoding settings, the re
 sample index, so several samples per item (``samples > 1``, MM-Vet's "average of several GPT-4 runs")
 are separate entries and a rerun with more samples only asks for the new ones. HTTP judges cache
 parsed replies only (a malformed reply may be transient); deterministic backends (``hf``: greedy)
-also cache unparsed ones and default to no retries, since they would repeat themselves.
+also cache unparsed ones and default to no retries, since they would repeat themselves. A backend
+that answers many prompts at once (the pairwise policy judge, which batches images) plugs in with
+``complete_many`` and its own ``request_key``; the cache, chunked resume and counts stay the engine's.
 
 :class:`JudgeSection` is the judge's options, declared once for every ``bpo eval`` subcommand.
 """
@@ -116,6 +118,7 @@ class Grade:
 class GradeRequest:
     id: str
     fields: dict[str, str]
+    context: Any = None  # what a batched backend asks beyond the fields (the policy judge: the prompt record)
 
 
 class ReplyCache(KeyedJsonlCache):
@@ -218,31 +221,54 @@ class Grader:
             last = raw
         return Grade(None, last[:2000], f"no valid reply after {self.retries + 1} attempt(s)"), replied
 
+    def _store(self, key: str, grade: Grade) -> None:
+        if self.cache is not None:
+            self.cache.put(key, {"raw": grade.raw, "parsed": grade.known, "template": self.template.version,
+                                 "judge": self.backend.name, "model": self.backend.model_id, **grade.extra,
+                                 **(self.audit(grade) if self.audit else {})})
+
     def _grade_uncached(self, fields: Mapping[str, str], key: str) -> Grade:
         grade, replied = self._ask(self.template.render(fields))
-        if self.cache is not None and replied and (grade.known or self.cache_unparsed):
-            self.cache.put(key, {"raw": grade.raw, "parsed": grade.known, "template": self.template.version,
-                                 "judge": self.backend.name, "model": self.backend.model_id,
-                                 **(self.audit(grade) if self.audit else {})})
+        if replied and (grade.known or self.cache_unparsed):
+            self._store(key, grade)
         return grade
+
+    def _grade_batched(self, requests: list[GradeRequest], todo: list, out: list, bar) -> None:
+        """A backend that answers many requests at once (``complete_many(requests) -> [(raw, extra)]``; the policy
+        judge batches images). It is deterministic, so every answer is cached, chunk by chunk (``backend.chunk``
+        bounds the memory held by image tensors), and a killed run resumes where it stopped."""
+        size = getattr(self.backend, "chunk", 16)
+        for start in range(0, len(todo), size):
+            part = todo[start:start + size]
+            replies = self.backend.complete_many([requests[i] for i, _, _, _ in part])
+            with self._lock:
+                self.calls += len(part)
+            for (i, k, _, key), (raw, extra) in zip(part, replies):
+                out[i][k] = Grade(self.parse(raw), raw, getattr(self.backend, "mode", "batched"), extra=extra)
+                self._store(key, out[i][k])
+            bar.update(len(part))
 
     def grade(self, requests: list[GradeRequest], desc: str = "judge") -> list[list[Grade]]:
         """``out[i][k]``: the grade of request ``i``, sample ``k``, in request order."""
         from tqdm import tqdm
 
         out: list[list[Grade | None]] = [[None] * self.samples for _ in requests]
+        own_key = getattr(self.backend, "request_key", None)  # a backend whose prompt is more than the fields
+        kept = getattr(self.backend, "cached_extra", ())  # audit fields a cache hit restores (option log-probs)
         todo = []
         for i, req in enumerate(requests):
             for k in range(self.samples):
-                key = self.key(req.fields, k)
-                hit = cached_grade(self.cache, key, self.parse, keep_unparsed=self.cache_unparsed)
+                key = own_key(req) if own_key is not None else self.key(req.fields, k)
+                hit = cached_grade(self.cache, key, self.parse, keep_unparsed=self.cache_unparsed, extra=kept)
                 if hit is not None:
                     out[i][k] = hit
                 else:
                     todo.append((i, k, req.fields, key))
         bar = tqdm(total=len(todo), desc=f"{desc} ({self.backend.name})", unit="call", disable=None)
         try:
-            if self.workers == 1 or len(todo) <= 1:
+            if hasattr(self.backend, "complete_many"):
+                self._grade_batched(requests, todo, out, bar)
+            elif self.workers == 1 or len(todo) <= 1:
                 for i, k, fields, key in todo:
                     out[i][k] = self._grade_uncached(fields, key)
                     bar.update()

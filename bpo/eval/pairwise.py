@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
-from bpo.eval.judging import Grade, GradeRequest, cached_grade, grade_counts, open_cache
+from bpo.eval.judging import Grade, Grader, GradeRequest, grade_counts
 from bpo.eval.safety import category_of
 from bpo.io import file_sha256, stable_hash
 
@@ -184,6 +184,10 @@ class PolicyJudge:
     """The vision-language policy answers the pairwise question about its own image (see module doc)."""
 
     name = "policy"
+    cache_unparsed = True  # deterministic: no retries, unparsed answers are kept
+    cached_extra = ("logp_a", "logp_b")
+    calls = property(lambda self: self.grader.calls)
+    model_id = property(lambda self: self.model)
 
     def __init__(self, model: str, *, template, adapter: str | None = None, image_root: str | None = None,
                  mode: str = "generate", dtype: str = "float32", batch_size: int = 4, device: str = "cpu",
@@ -195,8 +199,11 @@ class PolicyJudge:
         self.model, self.adapter, self.image_root, self.mode = model, adapter, image_root, mode
         self.template, self.dtype, self.batch_size, self.device = template, dtype, batch_size, device
         self.max_new_tokens = max(1, max_new_tokens)
-        self.cache = open_cache(cache, use_cache)  # the judging engine's one reply cache
-        self.calls = 0
+        # greedy / scored: the same inputs give the same answer, so every answer is cached
+        self.grader = Grader(self, template, parse_policy_choice, retries=0, cache=cache, use_cache=use_cache,
+                             audit=lambda g: {"mode": self.mode})
+        self.cache = self.grader.cache
+        self.chunk = 4 * batch_size  # prompts per engine call, cached after each (bounds image tensors in memory)
         self._engine = self._encoder = None
         self._identity = {"model": model_fingerprint(model), "adapter": adapter_fingerprint(adapter)}
         self._image_sha: dict[str, str | None] = {}
@@ -233,34 +240,20 @@ class PolicyJudge:
         return self._engine
 
     def judge(self, pairs: list[Pair], orders: tuple[str, ...] = ORDERS) -> list[list[Grade]]:
-        """``out[i]``: one grade per order (``value`` = "A"/"B"/None) for ``pairs[i]``."""
-        from tqdm import tqdm
+        """``out[i]``: one grade per order (``value`` = "A"/"B"/None) for ``pairs[i]``, through the judging
+        engine's batched path (cache, chunks, resume)."""
+        requests = [GradeRequest(f"{i}:{order}", order_fields(p, order), context=self.prompt_record(p, order))
+                    for i, p in enumerate(pairs) for order in orders]
+        flat = self.grader.grade(requests, desc="pairwise")
+        return [[flat[i * len(orders) + o][0] for o in range(len(orders))] for i in range(len(pairs))]
 
-        recs = [(i, order, self.prompt_record(p, order)) for i, p in enumerate(pairs) for order in orders]
-        grades: dict[tuple[int, str], Grade] = {}
-        todo = []
-        for i, order, rec in recs:
-            key = self.key(rec)
-            hit = cached_grade(self.cache, key, parse_policy_choice, keep_unparsed=True, extra=("logp_a", "logp_b"))
-            if hit is not None:
-                grades[(i, order)] = hit
-            else:
-                todo.append((i, order, rec, key))
+    # the engine's batched backend: one key per prompt record, many answers at once
+    def request_key(self, request: GradeRequest) -> str:
+        return self.key(request.context)
+
+    def complete_many(self, requests: list[GradeRequest]) -> list[tuple[str, dict]]:
         answer = self._generate if self.mode == "generate" else self._score
-        # Chunks bound the memory held by image tensors, and each finished chunk is cached, so a
-        # killed run resumes where it stopped.
-        chunk = 4 * self.batch_size
-        bar = tqdm(total=len(todo), desc="pairwise (policy)", unit="prompt", disable=None)
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            for (i, order, _, key), (raw, extra) in zip(part, answer([(f"{i}:{o}", rec) for i, o, rec, _ in part])):
-                grades[(i, order)] = Grade(parse_policy_choice(raw), raw, self.mode, extra=extra)
-                if self.cache is not None:  # greedy / scored: the same inputs give the same answer
-                    self.cache.put(key, {"raw": raw, "parsed": parse_policy_choice(raw) is not None,
-                                         "judge": self.name, "mode": self.mode, **extra})
-            bar.update(len(part))
-        bar.close()
-        return [[grades[(i, order)] for order in orders] for i in range(len(pairs))]
+        return answer([(r.id, r.context) for r in requests])
 
     def _generate(self, items: list[tuple[str, Record]]) -> list[tuple[str, dict]]:
         from bpo.models.generation import Request, SamplingSettings
@@ -268,7 +261,6 @@ class PolicyJudge:
         engine = self.engine()
         gens = engine.generate([Request(k, rec) for k, rec in items],
                                SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0))
-        self.calls += len(items)
         _raise_first_error([g.error for g in gens])
         return [(g.text, {}) for g in gens]
 
@@ -296,7 +288,6 @@ class PolicyJudge:
             for la, lb in logps[:, :2].tolist():
                 raw = "A" if la > lb else "B" if lb > la else "tie"
                 out.append((raw, {"logp_a": la, "logp_b": lb}))
-        self.calls += len(items)
         return out
 
     def describe(self) -> dict:
@@ -306,8 +297,7 @@ class PolicyJudge:
                 "cache": str(self.cache.path) if self.cache is not None else None}
 
     def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
+        self.grader.close()
 
 
 def _raise_first_error(errors: list) -> None:

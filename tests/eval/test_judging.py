@@ -114,6 +114,46 @@ def test_safety_verdicts_and_grades_share_one_cache_file(tmp_path):
     assert len(reread) == 2 and {r["judge"] for r in reread._rows.values()} == {"scripted", "numbers"}
 
 
+class Batched:
+    """A batched deterministic backend (the policy judge's shape): answers chunks, fails on request."""
+
+    name, model_id, cache_unparsed, chunk, mode = "batched", "b-1", True, 2, "generate"
+    cached_extra = ("score",)
+
+    def __init__(self, fail_at=None):
+        self.batches, self.fail_at = [], fail_at
+
+    def request_key(self, req):
+        return f"key-{req.context}"
+
+    def complete_many(self, requests):
+        self.batches.append([r.id for r in requests])
+        if self.fail_at in self.batches[-1]:
+            raise RuntimeError("killed")
+        return [("A" if r.context % 2 else "Apple", {"score": r.context}) for r in requests]
+
+
+def test_the_batched_path_caches_each_chunk_so_a_killed_run_resumes(tmp_path):
+    tpl = tmp_path / "pick_v1.txt"
+    tpl.write_text("Pick: $q")
+    cache = tmp_path / "c.jsonl"
+    reqs = [GradeRequest(str(i), {"q": str(i)}, context=i) for i in range(5)]
+    parse = lambda r: r if r in ("A", "B") else None  # noqa: E731
+    first = Batched(fail_at="4")
+    grader = Grader(first, load_template(str(tpl), ("q",)), parse, cache=cache)
+    with pytest.raises(RuntimeError):
+        grader.grade(reqs)
+    grader.close()
+    assert first.batches == [["0", "1"], ["2", "3"], ["4"]] and len(ReplyCache(cache)) == 4
+    again = Batched()
+    grader = Grader(again, load_template(str(tpl), ("q",)), parse, cache=cache)
+    out = [row[0] for row in grader.grade(reqs)]
+    assert again.batches == [["4"]] and grader.calls == 1  # only the unfinished chunk is asked
+    assert [g.value for g in out] == [None, "A", None, "A", None]  # unparsed answers are kept, not retried
+    assert [g.cached for g in out] == [True] * 4 + [False] and out[3].extra == {"score": 3} and out[4].reason == "generate"
+    assert ReplyCache(cache).get("key-3")["raw"] == "A"
+
+
 def test_graded_cache_keys_are_those_written_before_the_engines_merged():
     """grades.jsonl rows stay valid: this key was computed with bpo/eval/grading.py at 8a6646e."""
 
