@@ -19,125 +19,102 @@ different protocols unless given ``--allow-protocol-mismatch``.
 
 Common options: ``--on-missing {error,skip}`` (ids on one side only: stop, or skip and count them),
 ``--details PATH`` (per-item details to a JSONL instead of inline), ``--model``/``--adapter``
-(free strings recorded in the report). Metric definitions: docs/eval.md.
+(free strings recorded in the report). Every subcommand's options are a typed config
+(``--help-config``; ``--config FILE.yaml``; ``key=value``); the judge options are the one
+``judge`` section (:class:`bpo.eval.judging.JudgeSection`). The model-judged benchmarks are in
+:mod:`bpo.commands.eval_judged`, ``prepare`` and ``amber`` in :mod:`bpo.commands.eval_prepare`.
+Metric definitions: docs/eval.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 
+from bpo.commands.eval_judged import Scored, finish
+from bpo.config import option, parse_command, run_subcommands
 from bpo.errors import BpoError
+from bpo.eval.judging import JudgeSection
+
+GT_HELP = {"chair": "ground truth: records JSONL with meta.objects, or a COCO instances .json file",
+           "pope": "records JSONL with meta.label ('yes'/'no') and optional meta.split"}
 
 
-def _common(p: argparse.ArgumentParser, gt: str | None) -> None:
-    p.add_argument("--responses", required=True,
-                   help="response JSONL from `bpo generate` ({id, response, ...})")
-    if gt:
-        p.add_argument("--gt", required=True, help=gt)
-    p.add_argument("--out", required=True, help="report JSON path (written atomically)")
-    p.add_argument("--on-missing", default="error", choices=("error", "skip"),
-                   help="an id present on one side only: stop with an error (default) or skip it and "
-                        "count the skip in the report")
-    p.add_argument("--details", metavar="PATH",
-                   help="write the per-item details to this JSONL instead of inline in the report")
-    p.add_argument("--model", help="model name/path to record in the report (informational)")
-    p.add_argument("--adapter", help="adapter path to record in the report (informational)")
+def _judge(help: str, cls: type = JudgeSection):
+    return field(default_factory=cls, metadata={"help": help})
 
 
-def _parser() -> argparse.ArgumentParser:
-    from bpo.eval.judged import add_judge_args, add_parsers
-    from bpo.eval.judges import JUDGES
+@dataclass
+class ObjectsJudgeSection(JudgeSection):
+    """CHAIR's optional judge: named by ``--llm-objects`` (the other judge flags are the same)."""
 
-    p = argparse.ArgumentParser(prog="bpo eval", description="Score responses and compare eval reports.")
-    sub = p.add_subparsers(dest="action", metavar="{chair,pope,safety,amber,vlguard,mmvet,llavabench,pairwise,prepare,compare}")
-    sub.required = True
-
-    c = sub.add_parser("chair", help="CHAIR_s / CHAIR_i / recall of object mentions (Object-HalBench)",
-                       description="Object hallucination: mentioned objects vs annotated objects.")
-    _common(c, "ground truth: records JSONL with meta.objects, or a COCO instances .json file")
-    c.add_argument("--vocab", help="object vocabulary JSON {canonical: [synonyms...]} "
-                                   "(default: bpo's COCO-80 synonym table)")
-    c.add_argument("--protocol", choices=("objhal", "chair500"),
-                   help="the pinned protocol the responses follow (default: the records' meta.protocol, written by "
-                        "`bpo eval prepare objhal|chair500`); objhal is reported as 'ObjHal (rule-based)'")
-    c.add_argument("--max-new-tokens", type=int,
-                   help="state the token budget of responses made outside `bpo generate` (recorded in the protocol)")
-    # Optional LLM object extraction, reported beside the rule-based numbers (bpo.eval.llm_objects).
-    add_judge_args(c, template="chair_objects_v1", max_tokens=256, flag="--llm-objects", required=False,
-                   samples=False, title="LLM object extraction (optional)",
-                   purpose="also list each description's objects with this judge and report CHAIR for them; ")
-
-    q = sub.add_parser("pope", help="POPE yes/no accuracy, precision, recall, F1, yes-ratio",
-                       description="POPE: parse yes/no answers and score them against meta.label.")
-    _common(q, "records JSONL with meta.label ('yes'/'no') and optional meta.split")
-
-    s = sub.add_parser("safety", help="safety rate / attack success rate with a judge",
-                       description="Judge each response safe/unsafe/unknown and report rates per category.")
-    _common(s, None)
-    s.add_argument("--judge", required=True, choices=JUDGES.names(), help="which judge to use")
-    s.add_argument("--records", help="records JSONL giving the prompt and meta.category per id "
-                                     "(default: the response rows' own prompt/meta)")
-    s.add_argument("--judge-model", help="llm: served model name; hf: local model directory")
-    s.add_argument("--base-url", help="llm: OpenAI-compatible base URL, e.g. http://localhost:8000/v1")
-    s.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="llm: name of the environment variable holding the API key (default: OPENAI_API_KEY)")
-    s.add_argument("--judge-template", default="safety_judge_v1",
-                   help="shipped template name or a template file path (default: safety_judge_v1)")
-    s.add_argument("--judge-timeout", type=float, default=60.0, help="llm: seconds per request (default: 60)")
-    s.add_argument("--judge-retries", type=int, help="retries after a malformed reply or error "
-                                                     "(default: llm 3, hf 0)")
-    s.add_argument("--judge-backoff", type=float, default=1.0,
-                   help="llm: first retry delay in seconds, doubled each retry (default: 1)")
-    s.add_argument("--judge-workers", type=int, default=1, help="llm: concurrent requests (default: 1)")
-    s.add_argument("--judge-max-tokens", type=int, default=16,
-                   help="max tokens of the judge's reply (0: do not send a limit; default: 16)")
-    s.add_argument("--judge-device", default="cpu", help="hf: torch device (default: cpu)")
-    s.add_argument("--judge-cache", help="verdict cache JSONL (default: $BPO_HOME/judge/judgments.jsonl)")
-    s.add_argument("--no-judge-cache", action="store_true", help="neither read nor write the verdict cache")
-
-    m = sub.add_parser("compare", help="metric differences between reports",
-                       description="Print every metric of each report and its difference to the first.")
-    m.add_argument("reports", nargs="+", help="two or more report JSON files")
-    m.add_argument("--json", action="store_true", help="print the rows as JSON (two reports)")
-    m.add_argument("--allow-protocol-mismatch", action="store_true",
-                   help="compare reports whose protocols differ (image list, prompts, tokens, judge, scorer); "
-                        "the differences are printed")
-    from bpo.eval import amber, vlguard
-
-    amber.add_parser(sub, _common)
-    vlguard.add_parser(sub, _common)
-    add_parsers(sub, _common)  # mmvet, llavabench, pairwise, prepare (bpo.eval.judged)
-    return p
+    kind: str | None = option(None, flag="--llm-objects", metavar="KIND",
+                              help="also list each description's objects with this judge (llm or hf) and report "
+                                   "CHAIR for them")
 
 
-def _finish(args, task: str, metrics: dict, details: list[dict], counts: dict, inputs: dict,
+@dataclass(kw_only=True)
+class ChairConfig(Scored):
+    gt: str = option(help=GT_HELP["chair"])
+    vocab: str | None = option(None, help="object vocabulary JSON {canonical: [synonyms...]} "
+                                          "(default: bpo's COCO-80 synonym table)")
+    protocol: str | None = option(None, choices=("objhal", "chair500"),
+                                  help="the pinned protocol the responses follow (default: the records' meta.protocol, "
+                                       "written by `bpo eval prepare objhal|chair500`); objhal is reported as "
+                                       "'ObjHal (rule-based)'")
+    max_new_tokens: int | None = option(None, help="state the token budget of responses made outside `bpo generate` "
+                                                   "(recorded in the protocol)")
+    judge: ObjectsJudgeSection = _judge("LLM object extraction (optional; bpo.eval.llm_objects)", ObjectsJudgeSection)
+
+    def validate(self, require_paths: bool = True) -> None:
+        self.judge.check(("llm", "hf"), required=False, flag="--llm-objects")
+
+
+@dataclass(kw_only=True)
+class PopeConfig(Scored):
+    gt: str = option(help=GT_HELP["pope"])
+
+
+@dataclass(kw_only=True)
+class SafetyConfig(Scored):
+    records: str | None = option(None, help="records JSONL giving the prompt and meta.category per id "
+                                            "(default: the response rows' own prompt/meta)")
+    judge: JudgeSection = _judge("the safety judge: refusal (rules), llm or hf (bpo.eval.judges.JUDGES)")
+
+    def validate(self, require_paths: bool = True) -> None:
+        from bpo.eval.judges import JUDGES
+
+        self.judge.check(JUDGES.names(), required=True)
+
+
+@dataclass(kw_only=True)
+class CompareConfig:
+    reports: list[str] = option(positional="+", metavar="REPORT", help="two or more report JSON files")
+    json: bool = option(False, help="print the rows as JSON (two reports)")
+    allow_protocol_mismatch: bool = option(False, help="compare reports whose protocols differ (image list, prompts, "
+                                                       "tokens, judge, scorer); the differences are printed")
+
+
+def _finish(cfg, task: str, metrics: dict, details: list[dict], counts: dict, inputs: dict,
             config: dict, protocol: dict | None = None) -> int:
-    from bpo.eval.protocols import format_protocol
-    from bpo.eval.report import build_report, summary_table, write_report
+    from bpo.eval.report import summary_table
 
-    report = build_report(task, metrics, details=details, inputs=inputs, counts=counts,
-                          model=args.model, adapter=args.adapter, config=config, protocol=protocol)
-    write_report(args.out, report, details_out=args.details)
-    print(summary_table(task, metrics, counts))
-    print(format_protocol(report["protocol"]))
-    print(f"report: {args.out}" + (f" (details: {args.details})" if args.details else ""))
-    return 0
+    return finish(cfg, task, metrics, details, counts, inputs, config, summary_table(task, metrics), protocol)
 
 
-def _chair(args) -> int:
+def _chair(cfg) -> int:
     from bpo.data.objects import load_vocabulary
     from bpo.eval.chair import evaluate_chair, load_object_truth
     from bpo.eval.inputs import join
 
-    vocab = load_vocabulary(args.vocab)
+    vocab = load_vocabulary(cfg.vocab)
     from bpo.eval.formats import load_responses_any  # bpo rows, or RLHF-V / LLaVA answer files
 
-    responses = load_responses_any(args.responses)
-    truth = load_object_truth(args.gt, vocab)
-    joined = join(responses, truth.entries, on_missing=args.on_missing, responses_path=args.responses,
-                  truth_path=args.gt, truth_is_superset=truth.kind == "coco", key=truth.key_for)
+    responses = load_responses_any(cfg.responses)
+    truth = load_object_truth(cfg.gt, vocab)
+    joined = join(responses, truth.entries, on_missing=cfg.on_missing, responses_path=cfg.responses,
+                  truth_path=cfg.gt, truth_is_superset=truth.kind == "coco", key=truth.key_for)
     metrics, details = evaluate_chair(
         [(rid, row["response"], entry["objects"]) for rid, row, entry in joined.items], vocab)
     unknown: dict[str, int] = {}
@@ -152,72 +129,78 @@ def _chair(args) -> int:
         print(f"note: {counts['gt_names_not_in_vocab']} ground-truth object name(s) are not in vocabulary "
               f"{vocab.name!r} and cannot be matched (e.g. {', '.join(top)}); pass --vocab to add them")
     config = {"vocab": vocab.name, "gt_format": truth.kind}
-    if args.judge:
-        from bpo.eval.llm_objects import add_llm_objects
+    if cfg.judge.kind:
+        from bpo.eval import llm_objects
+        from bpo.eval.grading import grader_for
 
         texts = [row["response"] for _, row, _ in joined.items]
         gts = [entry["objects"] for _, _, entry in joined.items]
-        llm_counts, llm_config = add_llm_objects(args, metrics, details, texts, gts, vocab)
+        grader = grader_for(cfg.judge, llm_objects.FIELDS, llm_objects.parse_objects, template=llm_objects.TEMPLATE,
+                            max_tokens=256)
+        llm_counts, llm_config = llm_objects.add_llm_objects(grader, metrics, details, texts, gts, vocab)
         counts.update(llm_counts)
         config.update(llm_config)
     from bpo.eval.protocols import chair_protocol
 
-    protocol = chair_protocol(args, joined.items, truth.kind, vocab.name, config)
-    return _finish(args, "chair", metrics, details, counts,
-                   {"responses": args.responses, "gt": args.gt, "vocab": args.vocab}, config, protocol)
+    protocol = chair_protocol(cfg, joined.items, truth.kind, vocab.name, config)
+    return _finish(cfg, "chair", metrics, details, counts,
+                   {"responses": cfg.responses, "gt": cfg.gt, "vocab": cfg.vocab}, config, protocol)
 
 
-def _pope(args) -> int:
+def _pope(cfg) -> int:
     from bpo.eval.inputs import join, load_responses, load_truth_records
     from bpo.eval.pope import evaluate_pope, pope_truth
 
-    responses = load_responses(args.responses)
-    truth = load_truth_records(args.gt, pope_truth)
-    joined = join(responses, truth, on_missing=args.on_missing, responses_path=args.responses,
-                  truth_path=args.gt)
+    responses = load_responses(cfg.responses)
+    truth = load_truth_records(cfg.gt, pope_truth)
+    joined = join(responses, truth, on_missing=cfg.on_missing, responses_path=cfg.responses,
+                  truth_path=cfg.gt)
     metrics, details = evaluate_pope([(rid, row["response"], lab, split)
                                       for rid, row, (lab, split) in joined.items])
     from bpo.eval.protocols import describe
 
     config = {"parser": "bpo.eval.pope.parse_yes_no"}
     protocol = describe("pope", [row for _, row, _ in joined.items], config=config, scoring=config)
-    return _finish(args, "pope", metrics, details, joined.counts(),
-                   {"responses": args.responses, "gt": args.gt}, config, protocol)
+    return _finish(cfg, "pope", metrics, details, joined.counts(),
+                   {"responses": cfg.responses, "gt": cfg.gt}, config, protocol)
 
 
-def _judge_kwargs(args) -> dict:
-    if args.base_url and args.judge != "llm":
+def _judge_kwargs(j: JudgeSection) -> dict:
+    if j.base_url and j.kind != "llm":
         raise BpoError("--base-url only applies to --judge llm")
-    kwargs = {"model": args.judge_model, "base_url": args.base_url, "api_key_env": args.api_key_env,
-              "template": args.judge_template, "timeout": args.judge_timeout, "backoff": args.judge_backoff,
-              "workers": args.judge_workers, "device": args.judge_device,
-              "max_tokens": args.judge_max_tokens or None, "max_new_tokens": args.judge_max_tokens or 16,
-              "cache": args.judge_cache, "use_cache": not args.no_judge_cache}
-    if args.judge_retries is not None:
-        kwargs["retries"] = args.judge_retries
+    from bpo.eval.judging import resolve_device
+
+    max_tokens = 16 if j.max_tokens is None else j.max_tokens
+    kwargs = {"model": j.model, "base_url": j.base_url, "api_key_env": j.api_key_env,
+              "template": j.template or "safety_judge_v1", "timeout": j.timeout, "backoff": j.backoff,
+              "workers": j.workers, "device": resolve_device(j.device) if j.kind == "hf" else "cpu",
+              "max_tokens": max_tokens or None, "max_new_tokens": max_tokens or 16,
+              "cache": j.cache, "use_cache": not j.no_cache}
+    if j.retries is not None:
+        kwargs["retries"] = j.retries
     return kwargs
 
 
-def _safety(args) -> int:
+def _safety(cfg) -> int:
     from bpo.eval.inputs import join, load_responses, load_truth_records
     from bpo.eval.judges import build_judge
     from bpo.eval.safety import evaluate_safety, judge_item
 
-    responses = load_responses(args.responses)
-    if args.records:
-        records = load_truth_records(args.records, lambda rec, rid, where: rec)
-        joined = join(responses, records, on_missing=args.on_missing, responses_path=args.responses,
-                      truth_path=args.records)
+    responses = load_responses(cfg.responses)
+    if cfg.records:
+        records = load_truth_records(cfg.records, lambda rec, rid, where: rec)
+        joined = join(responses, records, on_missing=cfg.on_missing, responses_path=cfg.responses,
+                      truth_path=cfg.records)
         triples, counts = joined.items, joined.counts()
     else:
         triples = [(rid, row, None) for rid, row in responses.items()]
         counts = {"matched": len(triples)}
     pairs = [judge_item(rid, row, rec) for rid, row, rec in triples]
     no_prompt = sum(1 for item, _ in pairs if not item.question.strip())
-    if no_prompt and args.judge != "refusal":
+    if no_prompt and cfg.judge.kind != "refusal":
         print(f"note: {no_prompt} item(s) have no prompt text, so the judge sees only the response; "
               "pass --records (the eval set) to give it the requests")
-    judge = build_judge(args.judge, **_judge_kwargs(args))
+    judge = build_judge(cfg.judge.kind, **_judge_kwargs(cfg.judge))
     try:
         judgments = judge.judge([item for item, _ in pairs])
     finally:
@@ -232,50 +215,82 @@ def _safety(args) -> int:
     from bpo.eval.protocols import describe
 
     protocol = describe("safety", [row for _, row, _ in triples], config=judge.describe())
-    return _finish(args, "safety", metrics, details, counts,
-                   {"responses": args.responses, "records": args.records}, judge.describe(), protocol)
+    return _finish(cfg, "safety", metrics, details, counts,
+                   {"responses": cfg.responses, "records": cfg.records}, judge.describe(), protocol)
 
 
-def _compare(args) -> int:
+def _compare(cfg) -> int:
     from bpo.eval.report import compare, compare_notes, compare_table, load_report, report_labels
 
-    if len(args.reports) < 2:
+    if len(cfg.reports) < 2:
         raise BpoError("bpo eval compare needs at least two report files")
-    reports = [load_report(p) for p in args.reports]
+    reports = [load_report(p) for p in cfg.reports]
     if len({r["task"] for r in reports}) > 1:
         raise BpoError("cannot compare reports of different tasks: "
-                       + ", ".join(f"{p} is {r['task']!r}" for p, r in zip(args.reports, reports)))
+                       + ", ".join(f"{p} is {r['task']!r}" for p, r in zip(cfg.reports, reports)))
     from bpo.eval.protocols import protocol_mismatches
 
     mismatches = protocol_mismatches(reports)
-    if mismatches and not args.allow_protocol_mismatch:
+    if mismatches and not cfg.allow_protocol_mismatch:
         raise BpoError("the reports follow different protocols, so their numbers are not comparable: "
                        + "; ".join(mismatches) + ". Rerun them under one protocol, or pass "
                        "--allow-protocol-mismatch to compare anyway")
     for line in mismatches:
-        print(f"note: protocol mismatch (allowed): {line}", file=sys.stderr if args.json else sys.stdout)
-    if args.json:
+        print(f"note: protocol mismatch (allowed): {line}", file=sys.stderr if cfg.json else sys.stdout)
+    if cfg.json:
         if len(reports) != 2:
             raise BpoError("--json prints the rows of exactly two reports")
         print(json.dumps(compare(*reports), indent=2))
         return 0
-    print(compare_table(reports, report_labels(args.reports)))
+    print(compare_table(reports, report_labels(cfg.reports)))
     for note in compare_notes(reports):
         print(f"note: {note}")
     return 0
 
 
+def _table() -> dict:
+    """``sub -> (config class, run(cfg) -> int, one-line help)``, in the order ``bpo eval --help`` lists them."""
+    from bpo.commands import eval_judged, eval_prepare
+
+    return {
+        "chair": (ChairConfig, _chair, "CHAIR_s / CHAIR_i / recall of object mentions (Object-HalBench)"),
+        "pope": (PopeConfig, _pope, "POPE yes/no accuracy, precision, recall, F1, yes-ratio"),
+        "safety": (SafetyConfig, _safety, "safety rate / attack success rate with a judge"),
+        "amber": (eval_prepare.AmberConfig, eval_prepare.run_amber,
+                  "AMBER: generative CHAIR/Cover/Hal/Cog and yes/no accuracy/P/R/F1"),
+        "vlguard": (eval_judged.VLGuardConfig, eval_judged.run_vlguard,
+                    "VLGuard: string-match attack success rate (+ judged helpfulness)"),
+        "mmvet": (eval_judged.MMVetConfig, eval_judged.run_mmvet, "MM-Vet: judge-graded 0-1 correctness per capability"),
+        "llavabench": (eval_judged.LlavaBenchConfig, eval_judged.run_llavabench,
+                       "LLaVA-Bench (in-the-wild): relative score vs reference answers"),
+        "pairwise": (eval_judged.PairwiseConfig, eval_judged.run_pairwise,
+                     "pairwise accuracy: can a model tell chosen from rejected?"),
+        "prepare": (eval_prepare.PrepareConfig, eval_prepare.run_prepare,
+                    "turn MM-Vet / LLaVA-Bench / AMBER / ObjHal / CHAIR500 / VLGuard files into records for `bpo generate`"),
+        "compare": (CompareConfig, _compare, "metric differences between reports"),
+    }
+
+
+def _guarded(run):
+    def guarded(cfg) -> int:
+        from bpo.safeguard import check_args
+
+        check_args(cfg)  # --out/--details may not be --responses, --gt, --records ...
+        return run(cfg)
+
+    return guarded
+
+
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    from bpo.safeguard import check_args
+    table = {name: (cls, _guarded(run), desc) for name, (cls, run, desc) in _table().items()}
+    return run_subcommands(argv, prog="bpo eval", description="Score responses and compare eval reports.",
+                           table=table)
 
-    check_args(args)  # --out/--details may not be --responses, --gt, --records ...
-    if args.action in ("amber", "vlguard"):
-        import importlib
 
-        return importlib.import_module(f"bpo.eval.{args.action}").run(args)
-    if args.action in ("mmvet", "llavabench", "pairwise", "prepare"):
-        from bpo.eval.judged import run
-
-        return run(args.action, args)
-    return {"chair": _chair, "pope": _pope, "safety": _safety, "compare": _compare}[args.action](args)
+def check(argv: list[str]) -> None:
+    """Parse a ``bpo eval SUB ...`` step without running it (``bpo pipeline``); files made by earlier steps
+    need not exist yet."""
+    table = _table()
+    if not argv or argv[0] not in table:
+        raise BpoError(f"bpo eval: name a subcommand ({', '.join(table)})")
+    parse_command(table[argv[0]][0], argv[1:], prog=f"bpo eval {argv[0]}", require=False)

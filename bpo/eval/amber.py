@@ -50,6 +50,7 @@ from functools import cache
 from pathlib import Path
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval.formats import json_objects
 from bpo.io import read_json
 
 GENERATIVE = "generative"
@@ -146,14 +147,9 @@ def load_amber_responses(path: str | os.PathLike) -> dict[int, dict]:
 
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = read_json(path, "responses file")
-        if not isinstance(data, list):
-            raise BpoError(f"{path}: expected AMBER's response format, a JSON list of {{id, response}}")
         rows = {}
-        for i, obj in enumerate(data):
-            where = f"{path}[{i}]"
-            if not isinstance(obj, dict) or not isinstance(obj.get("response"), str):
-                raise RecordError("expected {id, response: str}", where=where)
+        for where, obj in json_objects(path, "responses file", "AMBER's response format, a JSON list of {id, response}",
+                                       "{id, response: str}", lambda o: isinstance(o.get("response"), str)):
             rid = _int_id(obj.get("id"), where)
             if rid in rows:
                 raise RecordError("duplicate id; keep one response per item", where=where, record_id=str(rid))
@@ -382,8 +378,8 @@ def summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-# ---- CLI -----------------------------------------------------------------------------------------------------
-def _data_paths(args) -> tuple[str, str, str]:
+# ---- a scoring run (the command is bpo.commands.eval_prepare.run_amber) ----------------------------------
+def data_paths(args) -> tuple[str, str, str]:
     root = Path(args.amber_dir) if args.amber_dir else None
     out = []
     for value, name in ((args.annotations, "annotations.json"), (args.relation, "relation.json"),
@@ -403,7 +399,7 @@ def _check_prompts(rows: list[dict], queries: dict[int, str] | None) -> int:
                and " ".join(r["prompt"].split()) != " ".join(queries[int(r["id"])].split()))
 
 
-def _matched(args, data: AmberData, responses: dict[int, dict], annotations: str):
+def matched_responses(args, data: AmberData, responses: dict[int, dict], annotations: str):
     """``(matched rows, dimensions, counts)``: every item of the evaluation type must be answered."""
     wanted, dims = select_ids(data, args.evaluation_type, set(responses))
     unknown = sorted(rid for rid in responses if rid not in wanted)
@@ -424,7 +420,7 @@ def _matched(args, data: AmberData, responses: dict[int, dict], annotations: str
                            "not_in_evaluation_type": len(unknown)}
 
 
-def _protocol(args, matched: dict[int, dict], dims: tuple[str, ...], scoring: dict) -> dict:
+def protocol_block(args, matched: dict[int, dict], dims: tuple[str, ...], scoring: dict) -> dict:
     """The protocol block: amber-g / amber-d, images and prompts checked against ``--queries``."""
     from bpo.eval import protocols
 
@@ -454,45 +450,16 @@ def _protocol(args, matched: dict[int, dict], dims: tuple[str, ...], scoring: di
     return block
 
 
-def run(args) -> int:
-    """``bpo eval amber``."""
-    from bpo.eval.judged import finish
-
-    annotations, relation, safe_words = _data_paths(args)
-    data = load_amber(annotations, relation, safe_words)
-    matched, dims, counts = _matched(args, data, load_amber_responses(args.responses), annotations)
-    similar = None  # the similarity filter only applies to the generative task
-    if args.matching == "spacy" and "generative" in dims:
-        similar = spacy_similarity(args.spacy_model, args.similarity)
-    metrics, details = evaluate_amber(matched, data, nouns=args.nouns, similar=similar, answers=args.answers)
-    scoring = {"evaluation_type": args.evaluation_type if args.evaluation_type != "auto" else "+".join(dims),
-               "matching": (f"spacy:{args.spacy_model}>{args.similarity}" if similar is not None
-                            else "offline:exact+amber-associations"),
-               "nouns": "nltk:pos-tag+wordnet" if args.nouns == "nltk" else "rules:bpo-singularize",
-               "answers": "exact:Yes/No" if args.answers == "exact" else "parse:bpo.eval.pope.parse_yes_no"}
-    block = _protocol(args, matched, dims, scoring)
-    print(f"matching: {scoring['matching']}; nouns: {scoring['nouns']}; answers: {scoring['answers']}")
-    return finish(args, "amber", metrics, details, counts,
-                  {"responses": args.responses, "gt": annotations, "relation": relation, "safe_words": safe_words},
-                  {"scoring": scoring}, summary(metrics), protocol=block)
-
-
 def load_queries(path: str | os.PathLike) -> dict[int, str]:
     """``{id: query}`` from an AMBER query file ``[{"id", "image", "query"}]``."""
     return {rid: q["query"] for rid, q in _query_rows(path).items()}
 
 
 def _query_rows(path) -> dict[int, dict]:
-    data = read_json(path, "AMBER query file")
-    if not isinstance(data, list):
-        raise BpoError(f"{path}: expected an AMBER query file, a JSON list of {{id, image, query}}")
-    out = {}
-    for i, q in enumerate(data):
-        where = f"{path}[{i}]"
-        if not isinstance(q, dict) or not all(isinstance(q.get(k), str) and q[k] for k in ("image", "query")):
-            raise RecordError("expected {id, image: str, query: str}", where=where)
-        out[_int_id(q.get("id"), where)] = q
-    return out
+    items = json_objects(path, "AMBER query file", "an AMBER query file, a JSON list of {id, image, query}",
+                         "{id, image: str, query: str}",
+                         lambda q: all(isinstance(q.get(k), str) and q[k] for k in ("image", "query")))
+    return {_int_id(q.get("id"), where): q for where, q in items}
 
 
 def prepare_records(path, image_prefix: str = "", annotations: AmberData | None = None) -> list[dict]:
@@ -510,30 +477,3 @@ def prepare_records(path, image_prefix: str = "", annotations: AmberData | None 
                      "meta": {"benchmark": "amber", "protocol": "amber-g" if generative else "amber-d",
                               "image": q["image"]}})
     return rows
-
-
-def add_parser(sub, common) -> None:
-    a = sub.add_parser("amber", help="AMBER: generative CHAIR/Cover/Hal/Cog and yes/no accuracy/P/R/F1",
-                       description="Score responses with AMBER's annotations, association lists and safe words.")
-    common(a, None)
-    a.add_argument("--amber-dir", help="AMBER's data/ folder (annotations.json, relation.json, safe_words.txt)")
-    a.add_argument("--annotations", help="AMBER annotations.json (default: AMBER_DIR/annotations.json)")
-    a.add_argument("--relation", help="AMBER relation.json (default: AMBER_DIR/relation.json)")
-    a.add_argument("--safe-words", help="AMBER safe_words.txt (default: AMBER_DIR/safe_words.txt)")
-    a.add_argument("--queries", help="the AMBER query file the responses answer (checks the prompts)")
-    a.add_argument("--evaluation-type", default="auto", choices=("auto", *EVALUATION_TYPES),
-                   help="AMBER's codes: a all, g generative, d discriminative, de/da/dr existence/attribute/"
-                        "relation; auto (default): the dimensions of the answered ids. Every item of the chosen "
-                        "dimensions needs a response")
-    a.add_argument("--matching", default="offline", choices=MATCHING,
-                   help="offline (default): exact words + AMBER's association lists; spacy: also the reference's "
-                        "spaCy vector similarity (needs spacy and en_core_web_lg)")
-    a.add_argument("--spacy-model", default=SPACY_MODEL, help=f"spacy mode: vectors (default: {SPACY_MODEL})")
-    a.add_argument("--similarity", type=float, default=SPACY_THRESHOLD,
-                   help=f"spacy mode: similarity threshold (default: {SPACY_THRESHOLD})")
-    a.add_argument("--nouns", default="rules", choices=NOUNS,
-                   help="rules (default): bpo tokenizer + singularizer; nltk: the reference's POS tagger + WordNet")
-    a.add_argument("--answers", default="parse", choices=ANSWERS,
-                   help="parse (default): bpo's yes/no parser; exact: only 'Yes'/'No' count, as the reference")
-    a.add_argument("--max-new-tokens", type=int,
-                   help="state the token budget of responses made outside `bpo generate` (recorded in the protocol)")

@@ -8,7 +8,7 @@ generate``:
   as Object HalBench needs) or else the ``question_id``; the response is ``text`` with a leading
   "Assistant:" removed, as RLHF-V's scorer does.
 * **AMBER**'s ``[{"id", "response"}]`` lists: :func:`bpo.eval.amber.load_amber_responses`.
-* **VLGuard**'s result files ``{image path: answer}`` (one per split): :func:`bpo.eval.vlguard.run`.
+* **VLGuard**'s result files ``{image path: answer}`` (one per split): :func:`bpo.eval.vlguard.load_result_file`.
 
 Such files carry no token budget: state it with ``--max-new-tokens`` so the protocol block records it.
 """
@@ -16,9 +16,26 @@ Such files carry no token budget: state it with ``--max-new-tokens`` so the prot
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from bpo.errors import BpoError, RecordError
-from bpo.io import read_jsonl
+from bpo.io import read_json, read_jsonl
+
+
+def json_objects(path: str | os.PathLike, what: str, expect: str, shape: str,
+                 ok: Callable[[dict], bool]) -> list[tuple[str, dict]]:
+    """``[(where, object)]`` of a benchmark's JSON list file (``where`` = ``path[i]``); a file that is not a list
+    says ``expect``, an item that is not an object passing ``ok`` says ``shape``, both naming the place."""
+    data = read_json(path, what)
+    if not isinstance(data, list):
+        raise BpoError(f"{path}: expected {expect}")
+    out = []
+    for i, obj in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(obj, dict) or not ok(obj):
+            raise RecordError(f"expected {shape}", where=where)
+        out.append((where, obj))
+    return out
 
 
 def is_answer_row(obj: dict) -> bool:

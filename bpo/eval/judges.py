@@ -14,26 +14,27 @@ safety rates).
 
 The model judges render a versioned template (``bpo/eval/templates/safety_judge_v1.txt``) and
 parse the reply strictly: after stripping whitespace it must be exactly ``VERDICT: safe`` or
-``VERDICT: unsafe``. A malformed reply or a transport error is retried up to ``retries`` times
-with exponential backoff, then recorded as ``unknown``. Verdicts are cached on disk (JSONL, keyed
-by a hash of judge kind, template version + text hash, model, question and response), so reruns
-are free. The ``llm`` judge caches only parsed verdicts (a malformed reply may be transient); the
-greedy ``hf`` judge also caches unparsed replies, since it would repeat them.
+``VERDICT: unsafe``. Rendering, retries with exponential backoff and the reply cache are the one
+judging engine's (:mod:`bpo.eval.judging`, shared with every judged benchmark): a malformed reply or
+a transport error is retried up to ``retries`` times, then recorded as ``unknown``; replies are
+cached by content hash, so reruns are free. The ``llm`` judge caches only parsed verdicts (a
+malformed reply may be transient); the greedy ``hf`` judge also caches unparsed replies, since it
+would repeat them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import string
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from bpo.errors import BpoError
-from bpo.io import KeyedJsonlCache, stable_hash
-from bpo.paths import cache_dir, package_file
+from bpo.eval.judging import Grader, GradeRequest, ReplyCache, Template, TransientError, default_cache_path
+from bpo.eval.judging import load_template as _load_template
 from bpo.registry import Registry
+
+__all__ = ["JUDGES", "JudgeCache", "JudgeItem", "JudgeTemplate", "Judgment", "ModelJudge", "RefusalJudge",
+           "TransientError", "build_judge", "default_cache_path", "load_template", "parse_verdict"]
 
 SAFE, UNSAFE, UNKNOWN = "safe", "unsafe", "unknown"
 VERDICTS = (SAFE, UNSAFE, UNKNOWN)
@@ -125,40 +126,22 @@ class RefusalJudge:
         pass
 
 
-# ---- templates, strict parsing and the cache ----------------------------------------------------------
-@dataclass(frozen=True)
-class JudgeTemplate:
-    """A judge prompt with ``$question`` and ``$response`` placeholders; ``version`` = file stem."""
+# ---- template, strict parse, and the model judges on the one engine (bpo.eval.judging) -----------------------
+FIELDS = ("question", "response")
 
-    version: str
-    text: str
 
-    @property
-    def sha256(self) -> str:
-        return stable_hash(self.text)
+class JudgeTemplate(Template):
+    """The safety judge's template: ``$question`` and ``$response``; ``version`` = file stem."""
 
-    def render(self, question: str, response: str) -> str:
-        # Template substitution does not re-scan the inserted values, so "$" in a response is safe.
-        return string.Template(self.text).substitute(question=question, response=response)
+    def render(self, question, response: str | None = None) -> str:  # type: ignore[override]
+        values = question if isinstance(question, Mapping) else {"question": question, "response": response}
+        return super().render(values)
 
 
 def load_template(name_or_path: str = DEFAULT_TEMPLATE) -> JudgeTemplate:
     """A shipped template by name (``safety_judge_v1``) or any text file with the two placeholders."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = package_file("eval", "templates", f"{name_or_path}.txt")
-    if not path.is_file():
-        shipped = sorted(p.stem for p in package_file("eval", "templates").glob("*.txt"))
-        raise BpoError(f"judge template {name_or_path!r} not found (shipped: {', '.join(shipped)}; "
-                       "or pass the path of a text file)")
-    from bpo.io import read_text
-
-    text = read_text(path, "judge template")
-    ids = set(string.Template(text).get_identifiers())
-    if ids != {"question", "response"}:
-        raise BpoError(f"{path}: a judge template needs exactly the placeholders $question and $response "
-                       f"(found: {', '.join(sorted(ids)) or 'none'}); write a literal dollar sign as $$")
-    return JudgeTemplate(version=path.stem, text=text)
+    return _load_template(name_or_path, FIELDS, cls=JudgeTemplate, wanted="$question and $response",
+                          what="a judge template")
 
 
 _VERDICT_RE = re.compile(r"VERDICT: (safe|unsafe)")
@@ -170,20 +153,16 @@ def parse_verdict(reply: str) -> str:
     return m.group(1) if m else UNKNOWN
 
 
-class JudgeCache(KeyedJsonlCache):
-    """A JSONL file of ``{"key", "verdict", "raw", ...}`` rows; appends are line-atomic."""
-
-    def keep(self, row: dict) -> bool:
-        return row.get("verdict") in VERDICTS
+def _known_verdict(reply: str) -> str | None:
+    verdict = parse_verdict(reply)
+    return None if verdict == UNKNOWN else verdict
 
 
-def default_cache_path() -> Path:
-    return cache_dir("judge") / "judgments.jsonl"
+JudgeCache = ReplyCache  # one cache format for every judge
 
 
-# ---- model judges --------------------------------------------------------------------------------------
 class ModelJudge:
-    """Shared logic of the model judges: render, cache lookup, retry with backoff, strict parse.
+    """The model judges: a :class:`~bpo.eval.judging.Grader` over this object's transport, with verdicts.
 
     Subclasses set ``name``, ``cache_unparsed`` and implement ``_complete(prompt) -> str`` (raising
     :class:`TransientError` for errors worth retrying) and ``model_id``.
@@ -194,12 +173,16 @@ class ModelJudge:
 
     def __init__(self, *, template: str = DEFAULT_TEMPLATE, cache: str | os.PathLike | None = None,
                  use_cache: bool = True, retries: int = 2, backoff: float = 1.0, workers: int = 1):
-        if retries < 0 or workers < 1 or backoff < 0:
-            raise BpoError("judge retries and backoff must be >= 0 and workers >= 1")
         self.template = load_template(template)
+        self.engine = Grader(self, self.template, _known_verdict, retries=retries, backoff=backoff, workers=workers,
+                             cache=cache, use_cache=use_cache, audit=lambda g: {"verdict": g.value or UNKNOWN})
         self.retries, self.backoff, self.workers = retries, backoff, workers
-        self.cache = JudgeCache(cache or default_cache_path()) if use_cache else None
-        self.calls = 0  # completions requested (not counting cache hits), for tests and logs
+        self.cache = self.engine.cache
+
+    @property
+    def calls(self) -> int:
+        """Completions requested (not counting cache hits), for tests and logs."""
+        return self.engine.calls
 
     @property
     def model_id(self) -> str:
@@ -209,65 +192,12 @@ class ModelJudge:
         raise NotImplementedError
 
     def cache_key(self, item: JudgeItem) -> str:
-        return stable_hash({"judge": self.name, "template": self.template.version,
-                            "template_sha256": self.template.sha256, "model": self.model_id,
-                            "question": item.question, "response": item.response})
-
-    def _ask(self, prompt: str) -> tuple[Judgment, bool]:
-        """Returns the judgment and whether the judge actually replied (vs transport errors only)."""
-        last, replied = "", False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.calls += 1
-            try:
-                raw = self._complete(prompt)
-            except TransientError as exc:
-                last = f"error: {exc}"
-                continue
-            replied = True
-            verdict = parse_verdict(raw)
-            if verdict != UNKNOWN:
-                return Judgment(verdict, f"parsed (attempt {attempt + 1})", raw), True
-            last = raw
-        reason = f"no valid verdict after {self.retries + 1} attempt(s)"
-        return Judgment(UNKNOWN, reason, last[:2000]), replied
-
-    def _judge_uncached(self, item: JudgeItem, key: str) -> Judgment:
-        judgment, replied = self._ask(self.template.render(item.question, item.response))
-        storable = replied and (judgment.verdict != UNKNOWN or self.cache_unparsed)
-        if self.cache is not None and storable:
-            self.cache.put(key, {"verdict": judgment.verdict, "raw": judgment.raw, "judge": self.name,
-                                 "model": self.model_id, "template": self.template.version})
-        return judgment
+        return self.engine.key({"question": item.question, "response": item.response}, 0)
 
     def judge(self, items: list[JudgeItem]) -> list[Judgment]:
-        from tqdm import tqdm
-
-        results: list[Judgment | None] = [None] * len(items)
-        todo = []
-        for i, item in enumerate(items):
-            key = self.cache_key(item)
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None and (hit["verdict"] != UNKNOWN or self.cache_unparsed):
-                results[i] = Judgment(hit["verdict"], "cached", hit.get("raw", ""), cached=True)
-            else:
-                todo.append((i, item, key))
-        bar = tqdm(total=len(todo), desc=f"judge ({self.name})", unit="item", disable=None)
-        if self.workers == 1 or len(todo) <= 1:
-            for i, item, key in todo:
-                results[i] = self._judge_uncached(item, key)
-                bar.update()
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(self.workers) as pool:
-                futures = {pool.submit(self._judge_uncached, item, key): i for i, item, key in todo}
-                for fut, i in futures.items():
-                    results[i] = fut.result()
-                    bar.update()
-        bar.close()
-        return results  # type: ignore[return-value]
+        grades = self.engine.grade([GradeRequest(it.id, {"question": it.question, "response": it.response})
+                                    for it in items], desc="judge")
+        return [Judgment(g.value or UNKNOWN, g.reason, g.raw, cached=g.cached) for [g] in grades]
 
     def describe(self) -> dict:
         return {"judge": self.name, "model": self.model_id, "template": self.template.version,
@@ -275,12 +205,7 @@ class ModelJudge:
                 "cache": str(self.cache.path) if self.cache is not None else None}
 
     def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
-
-
-class TransientError(Exception):
-    """A judge call failed in a way worth retrying (timeout, connection, rate limit, 5xx)."""
+        self.engine.close()
 
 
 def build_judge(name: str, **kwargs):

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 
 from bpo.errors import BpoError, RecordError
-from bpo.eval.grading import GradeRequest, mean
+from bpo.eval.judging import GradeRequest, mean
 from bpo.io import read_jsonl
 
 TEMPLATE = "llavabench_review_v1"
@@ -202,30 +202,11 @@ def review_requests(joined, references: dict[str, str], context: dict[str, str] 
     return reqs
 
 
-def run(args) -> int:
-    """``bpo eval llavabench``."""
-    from bpo.eval.inputs import join, load_responses
-    from bpo.eval.judged import finish, grade_counts, grader_from_args, note_unknown
+def score_reviews(joined, references: dict[str, str], orders: tuple[str, ...], grades, grader) -> tuple[dict, list, dict]:
+    """``(metrics, details, counts)`` from the judge's reviews: ``grades[j * len(orders) + o]`` are the samples
+    of question ``j`` in order ``o`` (as :func:`review_requests` asked them)."""
+    from bpo.eval.judging import grade_counts
 
-    questions = load_questions(args.questions)
-    references = load_references(args.references)
-    context = load_context(args.context) if args.context else None
-    responses = load_responses(args.responses)
-    joined = join(responses, questions, on_missing=args.on_missing, responses_path=args.responses,
-                  truth_path=args.questions)
-    no_ref = [qid for qid, _, _ in joined.items if not references.get(qid, "").strip()]
-    if no_ref:
-        raise BpoError(f"{len(no_ref)} question(s) have no reference answer in {args.references} (e.g. "
-                       f"{', '.join(repr(q) for q in no_ref[:3])}); pass the benchmark's answers_gpt4.jsonl")
-    if context is None:
-        print("note: no --context: the judge sees neither the image nor a description of it")
-    orders = ORDERS if args.both_orders else ORDERS[:1]
-    grader = grader_from_args(args, FIELDS, parse_review)
-    try:
-        grades = grader.grade(review_requests(joined.items, references, context, orders, args.context),
-                              desc="llava-bench")
-    finally:
-        grader.close()
     items, details = [], []
     for j, (qid, row, q) in enumerate(joined.items):
         per_q = grades[j * len(orders):(j + 1) * len(orders)]
@@ -239,10 +220,4 @@ def run(args) -> int:
                         "ratings": ratings, "reviews": [{"order": order, "sample": k, **g.to_dict()}
                                                         for order, gs in zip(orders, per_q)
                                                         for k, g in enumerate(gs)]})
-    metrics = llavabench_metrics(items)
-    note_unknown(metrics["unknown"], "question(s)")
-    counts = {**joined.counts(), **grade_counts(grader, grades)}
-    config = {**grader.describe(), "orders": list(orders), "criteria": list(CRITERIA)}
-    return finish(args, "llavabench", metrics, details, counts,
-                  {"responses": args.responses, "gt": args.questions, "references": args.references,
-                   "context": args.context}, config, summary(metrics))
+    return llavabench_metrics(items), details, {**joined.counts(), **grade_counts(grader, grades)}

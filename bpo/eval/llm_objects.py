@@ -12,7 +12,7 @@ shirt" lists a shirt, not an orange), which the rule-based matcher cannot. What 
 ground truth, the vocabulary and the CHAIR formulas are the same (:func:`bpo.eval.chair.chair_metrics`),
 so the two sets of numbers differ only by extraction. A description whose reply cannot be parsed is
 ``unknown``: left out of the LLM numbers (``llm_objects.unknown``), never treated as "no objects".
-Replies are cached by content hash like every judge call (:mod:`bpo.eval.grading`).
+Replies are cached by content hash like every judge call (:mod:`bpo.eval.judging`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 
 from bpo.data.objects import Vocabulary
 from bpo.eval.chair import chair_metrics
-from bpo.eval.grading import GradeRequest, mean
+from bpo.eval.judging import GradeRequest, grade_counts, mean
 
 TEMPLATE = "chair_objects_v1"
 FIELDS = ("response",)
@@ -86,13 +86,11 @@ def llm_chair_metrics(items: list[dict | None], rule_mentioned: list[list[str]])
     return base
 
 
-def add_llm_objects(args, metrics: dict, details: list[dict], responses: list[str], gts: list[list[str]],
+def add_llm_objects(grader, metrics: dict, details: list[dict], responses: list[str], gts: list[list[str]],
                     vocab: Vocabulary) -> tuple[dict, dict]:
-    """Run the extraction for ``bpo eval chair``: adds ``metrics["llm_objects"]`` and per-item
+    """Run the extraction for ``bpo eval chair`` with ``grader`` (a :class:`bpo.eval.judging.Grader` of
+    :data:`TEMPLATE` and :func:`parse_objects`, closed here): adds ``metrics["llm_objects"]`` and per-item
     ``llm_objects`` details; returns ``(counts, config)`` for the report."""
-    from bpo.eval.judged import grade_counts, grader_from_args
-
-    grader = grader_from_args(args, FIELDS, parse_objects)
     try:
         grades = grader.grade([GradeRequest(d["id"], {"response": r}) for d, r in zip(details, responses)],
                               desc="llm objects")

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 
 from bpo.errors import BpoError, RecordError
-from bpo.eval.grading import GradeRequest, mean
+from bpo.eval.judging import GradeRequest, mean
 from bpo.io import read_json
 
 TEMPLATE = "mmvet_grade_v1"
@@ -153,35 +153,3 @@ def summary(metrics: dict) -> str:
 def grade_requests(joined) -> list[GradeRequest]:
     return [GradeRequest(qid, {"question": q.question, "ground_truth": ground_truth_for_judge(q.answer),
                                "answer": row["response"]}) for qid, row, q in joined]
-
-
-def run(args) -> int:
-    """``bpo eval mmvet``."""
-    from bpo.eval.inputs import join, load_responses
-    from bpo.eval.judged import finish, grade_counts, grader_from_args, note_unknown
-
-    questions = load_mmvet(args.questions)
-    unofficial = sorted({c for q in questions.values() for c in q.capabilities} - set(CAPABILITIES))
-    if unofficial:
-        print(f"note: capability tag(s) {', '.join(unofficial)} are not MM-Vet's ({', '.join(CAPABILITIES)}); "
-              "they are scored as their own groups")
-    responses = load_responses(args.responses)
-    joined = join(responses, questions, on_missing=args.on_missing, responses_path=args.responses,
-                  truth_path=args.questions)
-    grader = grader_from_args(args, FIELDS, parse_score)
-    try:
-        grades = grader.grade(grade_requests(joined.items), desc="mm-vet")
-    finally:
-        grader.close()
-    items = [(q.capabilities, [g.value for g in row]) for (_, _, q), row in zip(joined.items, grades)]
-    metrics = mmvet_metrics(items)
-    details = []
-    for (qid, row, q), gs in zip(joined.items, grades):
-        score = question_score([g.value for g in gs])
-        details.append({"id": qid, "capability": q.capabilities, "question": q.question, "ground_truth": q.answer,
-                        "answer": row["response"], "score": score, "status": "graded" if score is not None
-                        else "unknown", "grades": [g.to_dict() for g in gs]})
-    note_unknown(metrics["unknown"], "question(s)")
-    counts = {**joined.counts(), **grade_counts(grader, grades)}
-    return finish(args, "mmvet", metrics, details, counts, {"responses": args.responses, "gt": args.questions},
-                  grader.describe(), summary(metrics))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
-from bpo.eval.grading import Grade, GradeRequest
+from bpo.eval.judging import Grade, Grader, GradeRequest, grade_counts
 from bpo.eval.safety import category_of
 from bpo.io import file_sha256, stable_hash
 
@@ -184,12 +184,14 @@ class PolicyJudge:
     """The vision-language policy answers the pairwise question about its own image (see module doc)."""
 
     name = "policy"
+    cache_unparsed = True  # deterministic: no retries, unparsed answers are kept
+    cached_extra = ("logp_a", "logp_b")
+    calls = property(lambda self: self.grader.calls)
+    model_id = property(lambda self: self.model)
 
     def __init__(self, model: str, *, template, adapter: str | None = None, image_root: str | None = None,
                  mode: str = "generate", dtype: str = "float32", batch_size: int = 4, device: str = "cpu",
                  max_new_tokens: int = 8, cache=None, use_cache: bool = True):
-        from bpo.eval.grading import GradeCache, default_grade_cache
-
         if not model:
             raise BpoError("--judge policy needs --judge-model (the vision-language model directory)")
         if mode not in ("generate", "logprob"):
@@ -197,8 +199,11 @@ class PolicyJudge:
         self.model, self.adapter, self.image_root, self.mode = model, adapter, image_root, mode
         self.template, self.dtype, self.batch_size, self.device = template, dtype, batch_size, device
         self.max_new_tokens = max(1, max_new_tokens)
-        self.cache = GradeCache(cache or default_grade_cache()) if use_cache else None
-        self.calls = 0
+        # greedy / scored: the same inputs give the same answer, so every answer is cached
+        self.grader = Grader(self, template, parse_policy_choice, retries=0, cache=cache, use_cache=use_cache,
+                             audit=lambda g: {"mode": self.mode})
+        self.cache = self.grader.cache
+        self.chunk = 4 * batch_size  # prompts per engine call, cached after each (bounds image tensors in memory)
         self._engine = self._encoder = None
         self._identity = {"model": model_fingerprint(model), "adapter": adapter_fingerprint(adapter)}
         self._image_sha: dict[str, str | None] = {}
@@ -235,35 +240,20 @@ class PolicyJudge:
         return self._engine
 
     def judge(self, pairs: list[Pair], orders: tuple[str, ...] = ORDERS) -> list[list[Grade]]:
-        """``out[i]``: one grade per order (``value`` = "A"/"B"/None) for ``pairs[i]``."""
-        from tqdm import tqdm
+        """``out[i]``: one grade per order (``value`` = "A"/"B"/None) for ``pairs[i]``, through the judging
+        engine's batched path (cache, chunks, resume)."""
+        requests = [GradeRequest(f"{i}:{order}", order_fields(p, order), context=self.prompt_record(p, order))
+                    for i, p in enumerate(pairs) for order in orders]
+        flat = self.grader.grade(requests, desc="pairwise")
+        return [[flat[i * len(orders) + o][0] for o in range(len(orders))] for i in range(len(pairs))]
 
-        recs = [(i, order, self.prompt_record(p, order)) for i, p in enumerate(pairs) for order in orders]
-        grades: dict[tuple[int, str], Grade] = {}
-        todo = []
-        for i, order, rec in recs:
-            key = self.key(rec)
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is not None:
-                grades[(i, order)] = Grade(parse_policy_choice(hit["raw"]), hit["raw"], "cached", cached=True,
-                                           extra={k: hit[k] for k in ("logp_a", "logp_b") if k in hit})
-            else:
-                todo.append((i, order, rec, key))
+    # the engine's batched backend: one key per prompt record, many answers at once
+    def request_key(self, request: GradeRequest) -> str:
+        return self.key(request.context)
+
+    def complete_many(self, requests: list[GradeRequest]) -> list[tuple[str, dict]]:
         answer = self._generate if self.mode == "generate" else self._score
-        # Chunks bound the memory held by image tensors, and each finished chunk is cached, so a
-        # killed run resumes where it stopped.
-        chunk = 4 * self.batch_size
-        bar = tqdm(total=len(todo), desc="pairwise (policy)", unit="prompt", disable=None)
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            for (i, order, _, key), (raw, extra) in zip(part, answer([(f"{i}:{o}", rec) for i, o, rec, _ in part])):
-                grades[(i, order)] = Grade(parse_policy_choice(raw), raw, self.mode, extra=extra)
-                if self.cache is not None:  # greedy / scored: the same inputs give the same answer
-                    self.cache.put(key, {"raw": raw, "parsed": parse_policy_choice(raw) is not None,
-                                         "judge": self.name, "mode": self.mode, **extra})
-            bar.update(len(part))
-        bar.close()
-        return [[grades[(i, order)] for order in orders] for i in range(len(pairs))]
+        return answer([(r.id, r.context) for r in requests])
 
     def _generate(self, items: list[tuple[str, Record]]) -> list[tuple[str, dict]]:
         from bpo.models.generation import Request, SamplingSettings
@@ -271,7 +261,6 @@ class PolicyJudge:
         engine = self.engine()
         gens = engine.generate([Request(k, rec) for k, rec in items],
                                SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0))
-        self.calls += len(items)
         _raise_first_error([g.error for g in gens])
         return [(g.text, {}) for g in gens]
 
@@ -299,7 +288,6 @@ class PolicyJudge:
             for la, lb in logps[:, :2].tolist():
                 raw = "A" if la > lb else "B" if lb > la else "tie"
                 out.append((raw, {"logp_a": la, "logp_b": lb}))
-        self.calls += len(items)
         return out
 
     def describe(self) -> dict:
@@ -309,8 +297,7 @@ class PolicyJudge:
                 "cache": str(self.cache.path) if self.cache is not None else None}
 
     def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
+        self.grader.close()
 
 
 def _raise_first_error(errors: list) -> None:
@@ -320,11 +307,9 @@ def _raise_first_error(errors: list) -> None:
                        "(check --image-root and the records' images)")
 
 
-# ---- the command ------------------------------------------------------------------------------------------
-def _text_judge(args, pairs: list[Pair]) -> tuple[list[list[Grade]], dict, dict]:
-    from bpo.eval.judged import grade_counts, grader_from_args
-
-    grader = grader_from_args(args, FIELDS, parse_choice)
+def text_judge_pairs(grader, pairs: list[Pair]) -> tuple[list[list[Grade]], dict, dict]:
+    """Ask a text judge (a :class:`bpo.eval.judging.Grader` of :data:`FIELDS` and :func:`parse_choice`, closed
+    here) each pair in both orders; returns ``(grades per pair, counts, judge config)``."""
     reqs = [GradeRequest(f"{p.id}:{o}", order_fields(p, o)) for p in pairs for o in ORDERS]
     try:
         flat = grader.grade(reqs, desc="pairwise")
@@ -334,51 +319,10 @@ def _text_judge(args, pairs: list[Pair]) -> tuple[list[list[Grade]], dict, dict]
     return grades, grade_counts(grader, flat), grader.describe()
 
 
-def _policy_judge(args, pairs: list[Pair]) -> tuple[list[list[Grade]], dict, dict]:
-    from bpo.eval.grading import load_grade_template
-    from bpo.eval.judged import resolve_device
-
-    if args.base_url:
-        raise BpoError("--base-url only applies to --judge llm")
-    judge = PolicyJudge(args.judge_model, template=load_grade_template(args.judge_template, FIELDS),
-                        adapter=args.judge_adapter, image_root=args.image_root, mode=args.policy_mode,
-                        dtype=args.dtype, batch_size=args.batch_size, device=resolve_device(args.judge_device),
-                        max_new_tokens=args.judge_max_tokens, cache=args.judge_cache,
-                        use_cache=not args.no_judge_cache)
+def policy_judge_pairs(judge: PolicyJudge, pairs: list[Pair]) -> tuple[list[list[Grade]], dict, dict]:
+    """The same with the policy as the judge (closed here)."""
     try:
         grades = judge.judge(pairs)
     finally:
         judge.close()
-    flat = [g for row in grades for g in row]
-    counts = {"judge_replies": len(flat), "cache_hits": sum(g.cached for g in flat), "judge_calls": judge.calls,
-              "unknown_replies": sum(not g.known for g in flat)}
-    return grades, counts, judge.describe()
-
-
-def run(args) -> int:
-    """``bpo eval pairwise``."""
-    from bpo.data.records import read_records
-    from bpo.eval.judged import finish, note_unknown
-
-    if not args.judge_template:
-        args.judge_template = (f"pairwise_policy_{args.criterion}_v1" if args.judge == "policy"
-                               else f"pairwise_{args.criterion}_v1")
-    if args.judge != "policy" and (args.judge_adapter or args.image_root):
-        raise BpoError("--judge-adapter and --image-root apply to --judge policy only")
-    records = list(read_records(args.records))[: args.limit]
-    pairs, no_rejected = make_pairs(records, args.pairs)
-    if not pairs:
-        raise BpoError(f"{args.records}: no record has a rejected response, so there is no pair to judge")
-    if args.judge != "policy" and any(p.record.images for p in pairs):
-        print(f"note: the {args.judge} judge reads text only and does not see the records' images")
-    grades, counts, config = (_policy_judge if args.judge == "policy" else _text_judge)(args, pairs)
-    outcomes = [(picked(ORDERS[0], g[0].value), picked(ORDERS[1], g[1].value)) for g in grades]
-    metrics = evaluate_pairwise(outcomes, [p.category for p in pairs], [p.source for p in pairs])
-    details = [{"id": p.id, "record_id": p.record.id, "source": p.source, "category": p.category,
-                "picks": {o: pick for o, pick in zip(ORDERS, out)},
-                "answers": {o: g.to_dict() for o, g in zip(ORDERS, gs)}}
-               for p, out, gs in zip(pairs, outcomes, grades)]
-    note_unknown(metrics["unknown"], "pair(s)")
-    counts = {"records": len(records), "records_without_rejected": no_rejected, "pairs": len(pairs), **counts}
-    config = {**config, "criterion": args.criterion, "pairs": args.pairs, "orders": list(ORDERS)}
-    return finish(args, "pairwise", metrics, details, counts, {"records": args.records}, config, summary(metrics))
+    return grades, grade_counts(judge, grades), judge.describe()

@@ -274,34 +274,6 @@ def for_args(task: str, args, config: dict | None) -> dict:
     return describe(task, rows, config=config)
 
 
-def prepare_protocol(args) -> list[dict]:
-    """Records of ``bpo eval prepare amber|objhal|chair500|vlguard``."""
-    if args.benchmark in ("objhal", "chair500"):
-        from bpo.eval.objhal import prepare
-
-        return prepare(args)
-    if not args.questions:
-        raise BpoError(f"{args.benchmark} needs --questions ("
-                       + ("an AMBER query file, e.g. data/query/query_generative.json" if args.benchmark == "amber"
-                          else "VLGuard's test.json") + ")")
-    if args.benchmark == "amber":
-        from bpo.eval.amber import AmberData, prepare_records
-
-        ann = None
-        if args.annotations:
-            from bpo.io import read_json
-
-            data = read_json(args.annotations, "AMBER annotations.json")
-            if not isinstance(data, list):
-                raise BpoError(f"{args.annotations}: expected AMBER's annotations.json, a list")
-            ann = AmberData({e["id"]: e for e in data if isinstance(e, dict) and "id" in e and "type" in e},
-                            {}, frozenset(), {})
-        return prepare_records(args.questions, args.image_prefix, ann)
-    from bpo.eval.vlguard import SPLITS, prepare_records
-
-    return prepare_records(args.questions, tuple(args.splits or SPLITS), args.image_prefix)
-
-
 def explicit_options(argv: list[str]) -> set[str]:
     """The long options written on the command line (``--max-new-tokens 5`` and ``--max-new-tokens=5``)."""
     return {a.split("=", 1)[0] for a in argv if a.startswith("--")}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval.formats import json_objects
 from bpo.io import read_json
 
 SPLITS = ("unsafes", "safe_unsafes", "safe_safes")
@@ -146,22 +147,17 @@ def evaluate_vlguard(items: list[tuple[dict, str]]) -> tuple[dict, list[dict]]:
 
 def load_references(path) -> dict[str, str]:
     """VLGuard's ``gpt4_safe_safes.json`` ``[{id, image, instruction, response}]`` -> ``{id: response}``."""
-    data = read_json(path, "references file")
-    if not isinstance(data, list):
-        raise BpoError(f"{path}: expected VLGuard's gpt4_safe_safes.json, a list of {{id, image, response}}")
-    out = {}
-    for i, r in enumerate(data):
-        if not isinstance(r, dict) or not isinstance(r.get("response"), str):
-            raise RecordError("expected {id, image, instruction, response: str}", where=f"{path}[{i}]")
-        out[str(r.get("id"))] = r["response"]
-    return out
+    items = json_objects(path, "references file", "VLGuard's gpt4_safe_safes.json, a list of {id, image, response}",
+                         "{id, image, instruction, response: str}", lambda r: isinstance(r.get("response"), str))
+    return {str(r.get("id")): r["response"] for _, r in items}
 
 
-def helpfulness(args, items: list[tuple[dict, str]], references: dict[str, str] | None) -> tuple[dict, dict, dict]:
-    """Judge model vs reference answers on safe_safes; returns ``(metrics, per-id detail, judge config)``."""
-    from bpo.eval.grading import GradeRequest
-    from bpo.eval.judged import grade_counts, grader_from_args
-    from bpo.eval.pairwise import FIELDS, parse_choice
+def helpfulness(grader, items: list[tuple[dict, str]], references: dict[str, str] | None,
+                both_orders: bool = False) -> tuple[dict, dict, dict]:
+    """Judge model vs reference answers on safe_safes with ``grader`` (a :class:`bpo.eval.judging.Grader` of
+    the pairwise fields and :func:`bpo.eval.pairwise.parse_choice`, closed here); returns ``(metrics, per-id
+    detail, judge config)``."""
+    from bpo.eval.judging import GradeRequest, grade_counts
 
     pairs = []
     for it, response in items:
@@ -170,14 +166,13 @@ def helpfulness(args, items: list[tuple[dict, str]], references: dict[str, str] 
             raise RecordError("no reference answer for the helpfulness judge; pass --references "
                               "gpt4_safe_safes.json", record_id=it["id"])
         pairs.append((it, response, ref))
-    orders = ("model_first", "reference_first") if args.both_orders else ("model_first",)
+    orders = ("model_first", "reference_first") if both_orders else ("model_first",)
     requests = []
     for it, response, ref in pairs:
         for order in orders:
             a, b = (response, ref) if order == "model_first" else (ref, response)
             requests.append(GradeRequest(f"{it['id']}#{order}", {"question": it["question"], "response_a": a,
                                                                  "response_b": b}))
-    grader = grader_from_args(args, FIELDS, parse_choice)
     try:
         grades = grader.grade(requests, desc="vlguard helpfulness")
     finally:
@@ -222,74 +217,29 @@ def load_result_file(path, data: list[dict], splits) -> dict[str, dict] | None:
     return rows
 
 
-def run(args) -> int:
-    """``bpo eval vlguard``."""
+def protocol_block(joined_items, splits: list[str], judge_config: dict | None, max_new_tokens: int | None) -> dict:
+    """The report's protocol block; prompts other than VLGuard's instructions make the prompt set ``custom``."""
     from bpo.eval import protocols
-    from bpo.eval.inputs import join, load_responses
-    from bpo.eval.judged import finish, note_unknown
-    from bpo.eval.report import format_table
 
-    data = load_vlguard(args.questions)
-    responses = load_result_file(args.responses, data, args.splits) or load_responses(args.responses)
-    answered = {rid.split("/", 1)[0] for rid in responses}
-    splits = [s for s in (args.splits or SPLITS) if args.splits or s in answered]
-    truth = {it["id"]: it for s in splits for it in split_items(data, s, args.questions)}
-    if args.splits:  # answers to the splits not asked for are left out, not errors
-        responses = {rid: row for rid, row in responses.items() if rid.split("/", 1)[0] in splits}
-        if not responses:
-            raise BpoError(f"no response in {args.responses} is for split(s) {', '.join(splits)}")
-    joined = join(responses, truth, on_missing=args.on_missing, responses_path=args.responses,
-                  truth_path=f"{args.questions} (splits {', '.join(splits)})")
-    items = [(it, row["response"]) for _, row, it in joined.items]
-    metrics, details = evaluate_vlguard(items)
-    counts, config = joined.counts(), {"refusal_phrases": len(REFUSAL_PHRASES), "rule": "VLGuard string match"}
-    safe = [(it, r) for it, r in items if it["id"].startswith("safe_safes/")]
-    if args.judge and safe:
-        refs = load_references(args.references) if args.references else None
-        help_metrics, per_id, judge_config = helpfulness(args, safe, refs)
-        metrics["per_split"]["safe_safes"]["helpfulness"] = help_metrics
-        for d in details:
-            if d["id"] in per_id:
-                d["helpfulness"] = per_id[d["id"]]
-        config["helpfulness_judge"] = judge_config
-        note_unknown(help_metrics["unknown"], "safe_safes item(s)")
-    elif safe:
-        print("note: safe_safes helpfulness needs a judge (--judge llm|hf); only its refusal rate is reported")
-    rows = [row for _, row, _ in joined.items]
-    block = protocols.describe("vlguard", rows, protocol="vlguard", config=config.get("helpfulness_judge"),
+    rows = [row for _, row, _ in joined_items]
+    block = protocols.describe("vlguard", rows, protocol="vlguard", config=judge_config,
                                scoring={"attack": "vlguard-string-match", "phrases": len(REFUSAL_PHRASES),
-                                        "splits": splits}, max_new_tokens=args.max_new_tokens)
-    if not config.get("helpfulness_judge"):
+                                        "splits": splits}, max_new_tokens=max_new_tokens)
+    if not judge_config:
         block["judge"] = "rules:vlguard-refusal-phrases"
-    off = sum(1 for _, row, it in joined.items if isinstance(row.get("prompt"), str)
+    off = sum(1 for _, row, it in joined_items if isinstance(row.get("prompt"), str)
               and " ".join(row["prompt"].split()) != " ".join(it["question"].split()))
     if off and block["prompt_set"]:  # the prompts were not VLGuard's instructions
         block["prompt_set"]["name"] = "custom"
         block.setdefault("notes", []).append(f"{off} response(s) were asked a prompt other than VLGuard's")
         print(f"note: {off} response(s) were asked a prompt other than VLGuard's instruction")
-    table_rows = [[s, m.get("attack_success_rate", m.get("refusal_rate")),
-                   "ASR" if "attack_success_rate" in m else "refusal rate", m["n"],
-                   (m.get("helpfulness") or {}).get("win_rate")] for s, m in metrics["per_split"].items()]
-    table = format_table(["VLGuard", "rate", "metric", "n", "win_rate"], table_rows)
-    return finish(args, "vlguard", metrics, details, counts, {"responses": args.responses, "gt": args.questions,
-                                                               "references": args.references}, config, table,
-                  protocol=block)
+    return block
 
 
-def add_parser(sub, common) -> None:
-    from bpo.eval.judged import add_judge_args
+def summary(metrics: dict) -> str:
+    from bpo.eval.report import format_table
 
-    v = sub.add_parser("vlguard", help="VLGuard: string-match attack success rate (+ judged helpfulness)",
-                       description="Attack success rate on unsafes / safe_unsafes with VLGuard's refusal phrases; "
-                                   "refusal rate and optional judged helpfulness on safe_safes.")
-    common(v, None)
-    v.add_argument("--questions", required=True, help="VLGuard's test.json")
-    v.add_argument("--splits", nargs="+", choices=SPLITS,
-                   help="splits to score; every item of each needs a response (default: the answered splits)")
-    v.add_argument("--references", help="safe_safes reference answers: VLGuard's gpt4_safe_safes.json "
-                                        "(default: the answers in test.json)")
-    v.add_argument("--both-orders", action="store_true", help="helpfulness: ask in both orders and average")
-    v.add_argument("--max-new-tokens", type=int,
-                   help="state the token budget of responses made outside `bpo generate` (recorded in the protocol)")
-    add_judge_args(v, template="pairwise_quality_v1", max_tokens=8, required=False, samples=False,
-                   title="helpfulness judge (optional)", purpose="judge safe_safes answers against the reference; ")
+    rows = [[s, m.get("attack_success_rate", m.get("refusal_rate")),
+             "ASR" if "attack_success_rate" in m else "refusal rate", m["n"],
+             (m.get("helpfulness") or {}).get("win_rate")] for s, m in metrics["per_split"].items()]
+    return format_table(["VLGuard", "rate", "metric", "n", "win_rate"], rows)
