@@ -14,11 +14,12 @@ Every option is also a config key (``bpo analyze SUB --help-config``): ``--windo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bpo.config import check_subcommands, option, run_subcommands
 from bpo.errors import BpoError
 from bpo.eval.judges import JUDGES
+from bpo.eval.judging import JudgeSection
 
 EPILOG = """examples:
   bpo analyze curves runs/bpo runs/sft --labels BPO,SFT --window 20 --out figs/curves
@@ -93,6 +94,14 @@ class NoiseConfig(ModelOptions):
         parse_steps(self.steps)  # a bad --steps fails before the model loads
 
 
+@dataclass
+class ModalityJudge(JudgeSection):
+    """The judge section of ``bpo eval safety``, with the rule-based refusal judge as the default kind."""
+
+    kind: str | None = option("refusal", flag="--judge", metavar="KIND",
+                              help="safety judge: refusal (rules), llm or hf (bpo.eval.judges.JUDGES)")
+
+
 @dataclass(kw_only=True)
 class ModalityConfig(ModelOptions):
     records: str = option(help="MMSafe-PO style records (images + meta.text_prompt)")
@@ -114,15 +123,8 @@ class ModalityConfig(ModelOptions):
                              choices=("error", "skip"))
     limit: int = option(0, help="use only the first N records (0 = all)")
     seed: int = option(0, help="seed of the benign-image choice")
-    judge: str = option("refusal", help="safety judge of the co-defense probe", choices=tuple(JUDGES.names()))
-    judge_model: str | None = option(None, help="llm: served model name; hf: local model directory")
-    base_url: str | None = option(None, help="llm: OpenAI-compatible base URL")
-    api_key_env: str = option("OPENAI_API_KEY", help="llm: environment variable holding the key")
-    judge_template: str = option("safety_judge_v1", help="judge template name or file")
-    judge_workers: int = option(1, help="llm: concurrent requests")
-    judge_device: str = option("cpu", help="hf: torch device of the judge")
-    judge_cache: str | None = option(None, help="verdict cache JSONL (default: $BPO_HOME/judge/judgments.jsonl)")
-    no_judge_cache: bool = option(False, help="neither read nor write the verdict cache")
+    judge: ModalityJudge = field(default_factory=ModalityJudge,
+                                 metadata={"help": "the safety judge of the co-defense probe"})
 
     def responses(self) -> dict[str, str | None]:
         return {c: getattr(self, f"{c}_responses") for c in CONDITIONS}
@@ -135,6 +137,7 @@ class ModalityConfig(ModelOptions):
                            "or --model M to generate them")
         if self.limit < 0:
             raise BpoError(f"--limit must be >= 0 (0 = all records), not {self.limit}")
+        self.judge.check(JUDGES.names(), required=True)
 
 
 @dataclass(kw_only=True)
@@ -216,7 +219,7 @@ def _print_noise(rows, responses, targets) -> None:
 
 def _modality(args) -> int:
     from bpo.analysis.modality import ModalityInputs, analyze_modality
-    from bpo.eval.judges import build_judge
+    from bpo.eval.judges import build_judge, safety_judge_kwargs
 
     responses = args.responses()
     inputs = ModalityInputs(args.records, responses, args.swapped_responses, args.benign_images, args.image_root,
@@ -230,9 +233,7 @@ def _modality(args) -> int:
                                  batch_size=args.batch_size, device=_device(args.device))
         # Greedy, as the Blind-PO authors generated their answers (infer_json.py, do_sample=False).
         settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=0.0, seed=args.seed)
-    judge = build_judge(args.judge, model=args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env,
-                        template=args.judge_template, workers=args.judge_workers, device=args.judge_device,
-                        cache=args.judge_cache, use_cache=not args.no_judge_cache)
+    judge = build_judge(args.judge.kind, **safety_judge_kwargs(args.judge))
     try:
         res = analyze_modality(inputs, args.out, judge, engine=engine, settings=settings)
     finally:

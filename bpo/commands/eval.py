@@ -165,25 +165,9 @@ def _pope(cfg) -> int:
                    {"responses": cfg.responses, "gt": cfg.gt}, config, protocol)
 
 
-def _judge_kwargs(j: JudgeSection) -> dict:
-    if j.base_url and j.kind != "llm":
-        raise BpoError("--base-url only applies to --judge llm")
-    from bpo.eval.judging import resolve_device
-
-    max_tokens = 16 if j.max_tokens is None else j.max_tokens
-    kwargs = {"model": j.model, "base_url": j.base_url, "api_key_env": j.api_key_env,
-              "template": j.template or "safety_judge_v1", "timeout": j.timeout, "backoff": j.backoff,
-              "workers": j.workers, "device": resolve_device(j.device) if j.kind == "hf" else "cpu",
-              "max_tokens": max_tokens or None, "max_new_tokens": max_tokens or 16,
-              "cache": j.cache, "use_cache": not j.no_cache}
-    if j.retries is not None:
-        kwargs["retries"] = j.retries
-    return kwargs
-
-
 def _safety(cfg) -> int:
     from bpo.eval.inputs import join, load_responses, load_truth_records
-    from bpo.eval.judges import build_judge
+    from bpo.eval.judges import build_judge, safety_judge_kwargs
     from bpo.eval.safety import evaluate_safety, judge_item
 
     responses = load_responses(cfg.responses)
@@ -200,7 +184,7 @@ def _safety(cfg) -> int:
     if no_prompt and cfg.judge.kind != "refusal":
         print(f"note: {no_prompt} item(s) have no prompt text, so the judge sees only the response; "
               "pass --records (the eval set) to give it the requests")
-    judge = build_judge(cfg.judge.kind, **_judge_kwargs(cfg.judge))
+    judge = build_judge(cfg.judge.kind, **safety_judge_kwargs(cfg.judge))
     try:
         judgments = judge.judge([item for item, _ in pairs])
     finally:

@@ -29,7 +29,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bpo.eval.judging import Grader, GradeRequest, ReplyCache, Template, TransientError, default_cache_path
+from bpo.errors import BpoError
+from bpo.eval.judging import (
+    Grader,
+    GradeRequest,
+    JudgeSection,
+    ReplyCache,
+    Template,
+    TransientError,
+    default_cache_path,
+)
 from bpo.eval.judging import load_template as _load_template
 from bpo.registry import Registry
 
@@ -206,6 +215,24 @@ class ModelJudge:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def safety_judge_kwargs(j: JudgeSection) -> dict:
+    """:func:`build_judge` keyword arguments from a command's ``judge`` section (``bpo eval safety``,
+    ``bpo analyze modality``): one place for the safety judge's defaults (template, 16-token replies)."""
+    if j.base_url and j.kind != "llm":
+        raise BpoError("--base-url only applies to --judge llm")
+    from bpo.eval.judging import resolve_device
+
+    max_tokens = 16 if j.max_tokens is None else j.max_tokens
+    kwargs = {"model": j.model, "base_url": j.base_url, "api_key_env": j.api_key_env,
+              "template": j.template or "safety_judge_v1", "timeout": j.timeout, "backoff": j.backoff,
+              "workers": j.workers, "device": resolve_device(j.device) if j.kind == "hf" else "cpu",
+              "max_tokens": max_tokens or None, "max_new_tokens": max_tokens or 16,
+              "cache": j.cache, "use_cache": not j.no_cache}
+    if j.retries is not None:
+        kwargs["retries"] = j.retries
+    return kwargs
 
 
 def build_judge(name: str, **kwargs):

@@ -61,8 +61,8 @@ def test_help_config_lists_every_key(sub, capsys):
     out = capsys.readouterr().out
     keys = {"curves": ["runs", "out", "window", "labels"],
             "noise": ["model", "adapter", "dtype", "device", "targets", "steps", "no_responses", "batch_size"],
-            "modality": ["records", "text_responses", "model", "on_missing", "judge", "judge_model",
-                         "no_judge_cache"],
+            "modality": ["records", "text_responses", "model", "on_missing", "judge.kind", "judge.model",
+                         "judge.no_cache"],
             "scaling": ["inputs", "metric", "out", "x", "rename", "logx"]}[sub]
     for key in keys:
         assert f"  {key} " in out, key
