@@ -35,22 +35,25 @@ FROZEN_COPY = "frozen copy"
 
 
 class Reference:
-    """``logps(examples) -> [B, 1 + Kmax]`` summed reference log-probs (0 where an example has fewer responses)."""
+    """``logps(examples) -> [B, 1 + Kmax]`` summed reference log-probs (0 where an example has fewer responses).
+
+    Keyword arguments go to the trainer's log-prob path unchanged (e.g. inputs a step shares between its policy
+    and reference passes); the cache ignores them."""
 
     kind = ""
     cache: ref_cache.ReferenceCache | None = None  # set by the cached kind
     frozen_copy = None  # the frozen network of full fine-tuning, while one is held
 
-    def logps(self, examples) -> torch.Tensor:
+    def logps(self, examples, **score_kwargs) -> torch.Tensor:
         raise NotImplementedError
 
 
-def _forward(network_ctx, score, examples) -> torch.Tensor:
+def _forward(network_ctx, score, examples, score_kwargs) -> torch.Tensor:
     """One no-grad reference pass in eval mode (dropout off), the network's mode restored afterwards."""
     with torch.no_grad(), network_ctx as ref:
         was_training = ref.training
         ref.eval()
-        lp, _, _ = score(ref, examples)
+        lp, _, _ = score(ref, examples, **score_kwargs)
         ref.train(was_training)
     return lp
 
@@ -63,8 +66,8 @@ class DisabledAdapter(Reference):
     def __init__(self, policy, score, *, start: bool = False):
         self.policy, self.score, self.start = policy, score, start
 
-    def logps(self, examples) -> torch.Tensor:
-        return _forward(reference_mode(self.policy, start=self.start), self.score, examples)
+    def logps(self, examples, **score_kwargs) -> torch.Tensor:
+        return _forward(reference_mode(self.policy, start=self.start), self.score, examples, score_kwargs)
 
 
 class FrozenCopy(Reference):
@@ -75,8 +78,8 @@ class FrozenCopy(Reference):
     def __init__(self, model, score):
         self.frozen_copy, self.score = model, score
 
-    def logps(self, examples) -> torch.Tensor:
-        return _forward(contextlib.nullcontext(self.frozen_copy), self.score, examples)
+    def logps(self, examples, **score_kwargs) -> torch.Tensor:
+        return _forward(contextlib.nullcontext(self.frozen_copy), self.score, examples, score_kwargs)
 
 
 class CachedReference(Reference):
@@ -86,7 +89,7 @@ class CachedReference(Reference):
         self.cache, self.device = cache, device
         self.kind = f"disk cache ({of})"
 
-    def logps(self, examples) -> torch.Tensor:
+    def logps(self, examples, **_) -> torch.Tensor:
         return self.cache.lookup(examples, device=self.device)
 
 

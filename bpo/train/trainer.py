@@ -221,9 +221,9 @@ class Trainer:
     def _logps(self, model, examples, stats=None):
         return self._logps_path(model, examples, self.processor.tokenizer.pad_token_id, stats=stats)
 
-    def _reference_logps(self, examples):
+    def _reference_logps(self, examples, **score_kwargs):
         """pi_ref log-probs ``[B, 1 + Kmax]``; one method, so a profiler or a test can wrap the reference pass."""
-        return self.reference.logps(examples)
+        return self.reference.logps(examples, **score_kwargs)
 
     def micro_step(self, examples, stats: StepStats) -> torch.Tensor:
         cfg = self.cfg
