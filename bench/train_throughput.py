@@ -401,11 +401,11 @@ def worker_bpo(job: dict) -> dict:
     prepass = {"s": 0.0}
     real_build = ref_cache.build_reference_cache
 
-    def timed_build(trainer):
+    def timed_build(*args, **kwargs):  # the pre-pass (bpo.train.reference calls it through the module)
         t = time.perf_counter()
-        cache = real_build(trainer)
+        cache = real_build(*args, **kwargs)
         prepass["s"] = time.perf_counter() - t
-        prepass["computed"] = cache.computed if cache is not None else 0
+        prepass["computed"] = cache.computed
         return cache
 
     ref_cache.build_reference_cache = timed_build

@@ -1,4 +1,4 @@
-"""A small registry for things users extend: negative generators, losses, judges, eval tasks.
+"""A small registry for things users extend (losses, importers, judges) and for internal alternatives (engines).
 
 Entries may be objects or lazy ``"module:attr"`` strings, so registering costs no imports.
 """

@@ -30,7 +30,7 @@ def test_unknown_command_suggests(capsys):
 def test_train_bad_config_is_one_line(capsys, tmp_path):
     assert main(["train", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown config key 'optim.lrr'") and "\n" not in err
+    assert err.startswith("error: bpo train: unknown config key 'optim.lrr'") and "\n" not in err
 
 
 def test_train_help_config(capsys):

@@ -1,4 +1,4 @@
-"""Negative-response generators for preference data (``bpo bootstrap``) and the engine they share.
+"""Negative-response generators for preference data (``bpo bootstrap``).
 
 =========  ===========  =========================================================================
 generator  ``source``   what the negative is
@@ -9,17 +9,7 @@ self       self         the model's own answer to the clean image (Pi et al. Tab
 blind      blind        the answer to the same conversation with the image removed (Li et al.)
 =========  ===========  =========================================================================
 
-Modules: ``engine`` (batched, seeded generation), ``contrast`` (two-cache contrastive decoding),
-``jobs`` (resumable sharded runs and the merge), one module per generator, ``vllm_engine``
-(optional). Importing this package is cheap: the registry holds lazy ``"module:attr"`` targets.
+Modules: ``contrast`` (two-cache contrastive decoding) and one module per generator; ``bpo bootstrap``
+(:mod:`bpo.commands.bootstrap`) builds each generator directly. The generation engine they share is
+:mod:`bpo.models.generation` (vLLM: :mod:`bpo.models.vllm_engine`), the resumable job runner :mod:`bpo.jobs`.
 """
-
-from bpo.registry import Registry
-
-GENERATORS = Registry("negative generator")
-GENERATORS.register("weaken", "bpo.bootstrap.weaken:WeakenGenerator")
-GENERATORS.register("inject", "bpo.bootstrap.inject:InjectGenerator")
-GENERATORS.register("self", "bpo.bootstrap.answers:AnswerGenerator")
-GENERATORS.register("blind", "bpo.bootstrap.answers:AnswerGenerator")
-
-__all__ = ["GENERATORS"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bpo.config import option, parse_command
 
+QUICK_RECIPE = ("train", "quick_demo.yaml")  # inside the package (configs/train/tiny_cpu.yaml is its checkout twin)
 QUICK_RECORDS = [
     ("red", (220, 30, 30), "a red square", [("weakened", "a blue circle"), ("injected", "two red squares")]),
     ("green", (30, 200, 50), "a green square", [("weakened", "a red square"), ("injected", "a green star")]),
@@ -91,10 +92,9 @@ def run_quick(out: Path, steps: int) -> int:
         build_tiny_llava(model_dir)
     prefs, images = write_quick_data(out)
     print(f"[2/3] wrote {prefs} ({len(QUICK_RECORDS)} records, images in {images})")
-    recipe = package_file("..", "configs", "train", "tiny_cpu.yaml")
     overrides = [f"model.name={model_dir}", f"data.train={prefs}", f"data.image_root={images}",
                  f"run.output_dir={out / 'run'}", f"run.max_steps={steps}", "run.resume=none"]
-    cfg = load_config(TrainConfig, recipe if recipe.exists() else None, overrides)
+    cfg = load_config(TrainConfig, package_file(*QUICK_RECIPE), overrides)  # missing: an error, never defaults
     print("[3/3] training DPO (multi-negative) with LoRA")
     result = Trainer(cfg).setup().train()
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -2,39 +2,53 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from bpo.config import option
+from bpo.train.config import TrainConfig
 
 HELP_EPILOG = """examples:
   bpo train --config configs/train/tiny_cpu.yaml
   bpo train --config configs/train/llava15_7b_bpo.yaml data.train=prefs.jsonl data.image_root=images optim.lr=1e-6
   bpo train model.name=llava-hf/llava-1.5-7b-hf data.train=prefs.jsonl loss.type=sft
-  accelerate launch --config_file configs/accelerate/ddp.yaml -m bpo train --config ...
+  accelerate launch --config_file configs/accelerate/ddp.yaml -m bpo train --config configs/train/llava15_7b_bpo.yaml
   bpo train --help-config      (every key with its default and meaning)
 """
 
+DESCRIPTION = ("Preference training (DPO, multi-negative BPO, IPO, hinge) or SFT of a vision-language model, "
+               "LoRA or full.")
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpo train", description="Preference training (DPO, multi-negative "
-                                "BPO, IPO, hinge) or SFT of a vision-language model, LoRA or full.",
-                                epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="YAML recipe (see configs/train/)")
-    p.add_argument("--help-config", action="store_true", help="list every config key and exit")
-    p.add_argument("--dry-run", action="store_true", help="parse and validate the config, print it, and exit")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-5 lora.r=16")
-    return p
+
+@dataclass
+class TrainCommand(TrainConfig):
+    """The training config plus what the command itself does with it."""
+
+    dry_run: bool = option(False, help="parse and validate the config, print it, and exit", flag="--dry-run")
+
+
+def parse(argv: list[str], *, require: bool = True) -> TrainCommand | None:
+    """``bpo train``'s command line (YAML via --config, flags, key=value); None after ``--help-config``."""
+    from bpo.config import parse_command
+
+    return parse_command(TrainCommand, argv, prog="bpo train", description=DESCRIPTION, epilog=HELP_EPILOG,
+                         require=require)
+
+
+def check(argv: list[str]) -> None:
+    """Parse and validate without running, skipping files earlier steps create (``bpo pipeline``)."""
+    parse(argv, require=False)
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    from bpo.config import format_help, load_config, to_dict
-    from bpo.train.config import TrainConfig
-
-    if args.help_config:
-        print(format_help(TrainConfig))
+    cmd = parse(argv)
+    if cmd is None:  # --help-config printed every key
         return 0
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    cfg.validate()
-    if args.dry_run:
+    from bpo.config import to_dict
+
+    # the trainer (and the config.yaml it writes) gets the training config alone
+    cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
+    if cmd.dry_run:
         import yaml
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,30 +170,48 @@ def user_turn(text: str, n_images: int = 0) -> Message:
     return {"role": "user", "content": parts}
 
 
-def read_records(path: str | os.PathLike, *, on_error: str = "raise",
-                 errors: list[RecordError] | None = None) -> Iterator[Record]:
-    """Yield records from a JSONL file; ``on_error="skip"`` collects problems in ``errors``."""
-    if on_error not in ("raise", "skip"):
-        raise BpoError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    skip = on_error == "skip"
+def parse_unique(rows: Iterable[tuple[int, Any]], parse: Callable[[Any, str, int], Any], path, *, skip: bool,
+                 errors: list[RecordError] | None = None) -> Generator[Any, None, int]:
+    """Yield ``parse(obj, where, lineno)`` for every ``(lineno, obj)`` row of ``path``, each ``.id`` unique in it.
+
+    A :class:`RecordError` (the parser's, or a repeated id) is raised, or with ``skip`` collected in ``errors``
+    and its row left out. Returns how many rows there were (``n = yield from parse_unique(...)``). The one
+    reader loop of every bpo JSONL format (records here, text pairs in :mod:`bpo.safety.hh`).
+    """
     seen: set[str] = set()
-    lines = 0
-    for lineno, obj in read_jsonl(path, skip_bad=skip, errors=errors):
-        lines += 1
+    n = 0
+    for lineno, obj in rows:
+        n += 1
         where = f"{path}:{lineno}"
         try:
-            rec = Record.from_dict(obj, where=where)
-            if rec.id in seen:
-                raise RecordError("duplicate id; ids must be unique within a file", where=where, record_id=rec.id)
-            seen.add(rec.id)
+            item = parse(obj, where, lineno)
+            if item.id in seen:
+                raise RecordError("duplicate id; ids must be unique within a file", where=where, record_id=item.id)
         except RecordError as exc:
             if not skip:
                 raise
             if errors is not None:
                 errors.append(exc)
             continue
-        rec.meta.setdefault("_where", where)
-        yield rec
+        seen.add(item.id)
+        yield item
+    return n
+
+
+def _parse_record(obj, where: str, _lineno: int) -> Record:
+    rec = Record.from_dict(obj, where=where)
+    rec.meta.setdefault("_where", where)
+    return rec
+
+
+def read_records(path: str | os.PathLike, *, on_error: str = "raise",
+                 errors: list[RecordError] | None = None) -> Iterator[Record]:
+    """Yield records from a JSONL file; ``on_error="skip"`` collects problems in ``errors``."""
+    if on_error not in ("raise", "skip"):
+        raise BpoError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    skip = on_error == "skip"
+    lines = yield from parse_unique(read_jsonl(path, skip_bad=skip, errors=errors), _parse_record, path, skip=skip,
+                                    errors=errors)
     if not lines and not (errors if skip else None):
         # An empty input is never what was meant (a failed earlier step, a wrong path): say so, do not produce 0.
         raise BpoError(f"{path}: the file is empty (no records); check the path or the step that wrote it")

@@ -269,42 +269,37 @@ def _qwen_image_processor():
                                     do_convert_rgb=True, resample=3)
 
 
-def _qwen2vl(hidden: int, layers: int):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
+def _qwen_vl(config_cls, model_cls, processor_name: str, hidden: int, layers: int, vision: dict):
+    """Qwen2-VL and Qwen2.5-VL: the same tokenizer, text model, turn ends and processor; the vision towers differ."""
     from bpo.models.loading import image_only_processor_cls
 
     tok = _qwen_tokenizer()
     text, tokens = _qwen_common(tok, hidden, layers)
-    config = Qwen2VLConfig(text_config=text, vision_config=dict(
-        depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
-        temporal_patch_size=2, in_channels=3), **tokens)
-    model = Qwen2VLForConditionalGeneration(config)
+    model = model_cls(config_cls(text_config=text, vision_config=vision, **tokens))
     _set_generation(model, tok, [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")])
     # Without torchvision the stock class cannot be built (its video processor needs it); the image-only
     # subclass saves itself under the stock name, so the folder is exactly what the hub holds.
-    processor = image_only_processor_cls("Qwen2VLProcessor")(
+    processor = image_only_processor_cls(processor_name)(
         image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_VL_TEMPLATE)
     return model, processor
+
+
+def _qwen2vl(hidden: int, layers: int):
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    return _qwen_vl(Qwen2VLConfig, Qwen2VLForConditionalGeneration, "Qwen2VLProcessor", hidden, layers, vision=dict(
+        depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2, in_channels=3))
 
 
 def _qwen25vl(hidden: int, layers: int):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from bpo.models.loading import image_only_processor_cls
-
-    tok = _qwen_tokenizer()
-    text, tokens = _qwen_common(tok, hidden, layers)
     # Published vision: depth 32, window 112, full attention in blocks 7/15/23/31; scaled: depth 2, block 1 full.
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(
-        depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,
-        spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1], in_channels=3,
-        hidden_act="silu", tokens_per_second=2), **tokens)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _set_generation(model, tok, [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")])
-    processor = image_only_processor_cls("Qwen2_5_VLProcessor")(
-        image_processor=_qwen_image_processor(), tokenizer=tok, chat_template=QWEN_VL_TEMPLATE)
-    return model, processor
+    return _qwen_vl(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, "Qwen2_5_VLProcessor", hidden, layers,
+                    vision=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
+                                patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
+                                fullatt_block_indexes=[1], in_channels=3, hidden_act="silu", tokens_per_second=2))
 
 
 def _gemma3(hidden: int, layers: int):

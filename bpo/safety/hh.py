@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.data.records import ROLES, Message, message_text
+from bpo.data.records import ROLES, Message, message_text, parse_unique
 from bpo.errors import BpoError, RecordError
 from bpo.io import read_json_or_jsonl, read_jsonl
 
@@ -174,18 +174,5 @@ def read_pairs(path: str | os.PathLike, *, on_error: str = "raise", errors: list
     skip = on_error == "skip"
     # bpo.io reads .gz transparently and tells a JSON list from JSON Lines by content.
     rows = read_json_or_jsonl(path) if path.suffix == ".json" else read_jsonl(path, skip_bad=skip, errors=errors)
-    seen: set[str] = set()
-    for lineno, row in rows:
-        where = f"{path}:{lineno}"
-        try:
-            pair = parse_row(row, where=where, default_id=f"{prefix}{lineno}")
-            if pair.id in seen:
-                raise RecordError("duplicate id; ids must be unique within a file", where=where, record_id=pair.id)
-        except RecordError as exc:
-            if not skip:
-                raise
-            if errors is not None:
-                errors.append(exc)
-            continue
-        seen.add(pair.id)
-        yield pair
+    yield from parse_unique(rows, lambda row, where, lineno: parse_row(row, where=where, default_id=f"{prefix}{lineno}"),
+                            path, skip=skip, errors=errors)

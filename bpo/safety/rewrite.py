@@ -48,29 +48,30 @@ class Phrase:
         return (self.possessive if possessive else self.plain).format(n=noun or self.noun)
 
 
-PHRASES: dict[str, tuple[Phrase, ...]] = {
-    "PER": (
-        Phrase("the {n} in the picture", "the pictured {n}'s", "person"),
-        Phrase("the {n} shown in the image", "the depicted {n}'s", "person"),
-        Phrase("the {n} featured in the image", "the featured {n}'s", "person"),
-        Phrase("the {n} in the photo", "the photographed {n}'s", "person"),
-    ),
-    "ORG": (
-        Phrase("the {n} shown", "the pictured {n}'s", "organization"),
-        Phrase("the {n} in the image", "the depicted {n}'s", "organization"),
-        Phrase("the {n} featured in the picture", "the featured {n}'s", "group"),
-    ),
-    "LOC": (
-        Phrase("the {n} in the image", "the pictured {n}'s", "place"),
-        Phrase("the {n} shown in the picture", "the depicted {n}'s", "location"),
-        Phrase("the {n} visible in the image", "the pictured {n}'s", "site"),
-    ),
-    "MISC": (
-        Phrase("the {n} pictured", "the pictured {n}'s", "item"),
-        Phrase("the {n} shown in the image", "the depicted {n}'s", "thing"),
-        Phrase("the {n} in the image", "the featured {n}'s", "item"),
-    ),
-}
+def _phrase_table(table: str) -> dict[str, tuple[Phrase, ...]]:
+    out: dict[str, list[Phrase]] = {}
+    for line in table.strip().splitlines():
+        etype, plain, possessive, noun = (cell.strip() for cell in line.split("|"))
+        out.setdefault(etype, []).append(Phrase(plain, possessive, noun))
+    return {etype: tuple(phrases) for etype, phrases in out.items()}
+
+
+# entity type | phrase | its possessive form | head noun (in this order: a record's phrase is picked by index)
+PHRASES: dict[str, tuple[Phrase, ...]] = _phrase_table("""
+PER  | the {n} in the picture          | the pictured {n}'s     | person
+PER  | the {n} shown in the image      | the depicted {n}'s     | person
+PER  | the {n} featured in the image   | the featured {n}'s     | person
+PER  | the {n} in the photo            | the photographed {n}'s | person
+ORG  | the {n} shown                   | the pictured {n}'s     | organization
+ORG  | the {n} in the image            | the depicted {n}'s     | organization
+ORG  | the {n} featured in the picture | the featured {n}'s     | group
+LOC  | the {n} in the image            | the pictured {n}'s     | place
+LOC  | the {n} shown in the picture    | the depicted {n}'s     | location
+LOC  | the {n} visible in the image    | the pictured {n}'s     | site
+MISC | the {n} pictured                | the pictured {n}'s     | item
+MISC | the {n} shown in the image      | the depicted {n}'s     | thing
+MISC | the {n} in the image            | the featured {n}'s     | item
+""")
 
 # Title -> head noun; None = honorific with no role (absorbed, default noun kept).
 TITLES: dict[str, str | None] = {

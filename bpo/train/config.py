@@ -1,6 +1,6 @@
 """The typed config of ``bpo train``: one dataclass per section, YAML + ``key=value`` overrides.
 
-Example: ``bpo train --config configs/train/llava15_7b_bpo.yaml optim.lr=1e-6 train.output_dir=runs/x``
+Example: ``bpo train --config configs/train/llava15_7b_bpo.yaml optim.lr=1e-6 run.output_dir=runs/x``
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Shapes: ``B`` examples, each with one chosen response and up to ``K`` rejected o
 
 Each loss returns a :class:`LossOutput` with *per-example* losses (unreduced) and implicit rewards
 ``r = beta * (log pi - log pi_ref)``, so the trainer logs margins and accuracies per negative source.
+Every loss is registered in :data:`LOSSES` under its ``loss.type``; a loss that reads no pi_ref (SFT) says so
+with ``needs_reference = False`` (see :func:`needs_reference`), and the trainer then builds no reference.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ LOSSES = Registry("loss")
 @dataclass
 class LossOutput:
     losses: torch.Tensor  # [B]
-    chosen_rewards: torch.Tensor  # [B]
-    rejected_rewards: torch.Tensor  # [B, K]
+    chosen_rewards: torch.Tensor | None  # [B]; None for a loss without a reference (no implicit reward)
+    rejected_rewards: torch.Tensor | None  # [B, K]
 
 
 def _pair_logits(policy_chosen, policy_rejected, ref_chosen, ref_rejected):
@@ -62,7 +64,7 @@ def _rewards(beta, policy_chosen, policy_rejected, ref_chosen, ref_rejected):
 @LOSSES.register("sigmoid")
 def multi_negative_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, *, beta: float = 0.1,
                                 valid=None, weights=None, reduction: str = "sum",
-                                label_smoothing: float = 0.0) -> LossOutput:
+                                label_smoothing: float = 0.0, **_) -> LossOutput:
     r"""DPO / multi-negative BPO loss.
 
     Bootstrapped-PO (Pi et al., 2024, eq. 4, https://arxiv.org/abs/2403.08730) trains plain DPO
@@ -122,5 +124,20 @@ def nll_loss(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.
     return -policy_chosen / chosen_tokens.clamp_min(1).to(policy_chosen.dtype)
 
 
+@LOSSES.register("sft")
+def sft_loss(policy_chosen, policy_rejected=None, ref_chosen=None, ref_rejected=None, *, chosen_tokens,
+             **_) -> LossOutput:
+    """The SFT baseline (paper Table 4): per-token NLL of the chosen response alone (:func:`nll_loss`).
+
+    It reads neither a reference nor the rejected responses, so it has no implicit rewards.
+    """
+    return LossOutput(nll_loss(policy_chosen, chosen_tokens), None, None)
+
+
+sft_loss.needs_reference = False
+
+
 def needs_reference(loss_type: str) -> bool:
-    return loss_type != "sft"
+    """Whether ``loss.type`` reads pi_ref log-probs (and so rejected responses). The trainer and the reference
+    factory both ask this; a loss registered without saying otherwise is a preference loss."""
+    return getattr(LOSSES.get(loss_type), "needs_reference", True)

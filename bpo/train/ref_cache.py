@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from bpo.io import atomic_write, file_sha256, stable_hash
-from bpo.models.identity import dir_digest, file_digest, model_identity  # noqa: F401  (re-exported)
+from bpo.models.identity import dir_digest, model_identity
 from bpo.models.logprobs import to_device
 
 FORMAT_VERSION = 1
@@ -66,7 +66,7 @@ def reference_fingerprint(cfg, processor, model=None) -> tuple[str, dict]:
         "precision": cfg.run.precision,
         "attn_implementation": cfg.model.attn_implementation,
     }
-    if getattr(cfg.loss, "reference", "base") == "start" and cfg.lora.enabled:  # pi_ref = base + init adapter
+    if cfg.loss.reference == "start" and cfg.lora.enabled:  # pi_ref = base + init adapter
         ingredients["reference_start"] = dir_digest(cfg.lora.init_from) if cfg.lora.init_from else None
     if cfg.run.precision == "bf16":  # frozen weights are stored in bf16 since then: other reference values
         ingredients["frozen_weights"] = "bfloat16"
@@ -178,36 +178,33 @@ def fill_cache(cache: ReferenceCache, examples, todo: list[int], compute, batch_
     return len(order)
 
 
-def build_reference_cache(trainer) -> ReferenceCache | None:
-    """The trainer's pre-pass: reuse cached rows, compute the missing ones, return the cache.
+def build_reference_cache(cfg, processor, model, examples, compute, acc, *, sharded: bool = False,
+                          log=print) -> ReferenceCache:
+    """The pre-pass: reuse cached rows, compute the missing ones with ``compute(batch) -> [B, W]``, return the cache.
 
-    Returns None when there is nothing to cache (``run.ref_cache=off`` or an SFT run). Each process
-    computes its share of the missing examples; all of them then read every part file.
+    ``model`` is the (unwrapped) policy, read only for its identity in the fingerprint; ``acc`` the
+    ``Accelerator`` (barriers, rank, device). Each process computes its share of the missing examples; all of
+    them then read every part file. ``sharded``: the reference forward is collective (ZeRO / FSDP).
     """
     from bpo.paths import cache_dir
-    from bpo.train.engines import is_sharded
 
-    cfg, acc = trainer.cfg, trainer.acc
-    if cfg.run.ref_cache == "off" or cfg.loss.type == "sft":
-        return None
-    fingerprint, ingredients = reference_fingerprint(cfg, trainer.processor, acc.unwrap_model(trainer.policy))
+    fingerprint, ingredients = reference_fingerprint(cfg, processor, model)
     cache = ReferenceCache(cache_dir("ref_logps"), fingerprint, ingredients)
-    todo = cache.attach(trainer.examples)
+    todo = cache.attach(examples)
     acc.wait_for_everyone()  # every rank read the same part files before any rank appends to them
     mine = todo[acc.process_index::acc.num_processes]
-    if is_sharded(getattr(trainer, "engine", "single")) and todo:
+    if sharded and todo:
         # A sharded forward is collective: every rank must run as many batches (the padding rows are
         # recomputed duplicates, identical values under the same key).
         share = -(-len(todo) // acc.num_processes)
         mine = mine + todo[: share - len(mine)]
-    computed = fill_cache(cache, trainer.examples, mine, trainer._reference_logps, cfg.run.batch_size,
+    computed = fill_cache(cache, examples, mine, compute, cfg.run.batch_size,
                           progress=cfg.run.progress and acc.is_main_process)
     acc.wait_for_everyone()
     if todo:
         cache.reload()
-        cache.attach(trainer.examples)
+        cache.attach(examples)
     cache.computed = computed
-    n = len(trainer.examples)
-    trainer.log(f"reference log-probs: {n - len(todo)} of {n} examples cached, {len(todo)} computed "
-                f"({cache.dir})")
+    n = len(examples)
+    log(f"reference log-probs: {n - len(todo)} of {n} examples cached, {len(todo)} computed ({cache.dir})")
     return cache

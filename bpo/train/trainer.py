@@ -22,9 +22,10 @@ from bpo.train import checkpoint as ckpt
 from bpo.train import engines
 from bpo.train.config import TrainConfig
 from bpo.train.data import epoch_batches, negative_matrix, select_negatives, subset
-from bpo.train.losses import LOSSES, nll_loss
+from bpo.train.losses import LOSSES, needs_reference, nll_loss
 from bpo.train.metrics import MetricsLogger, StepStats
-from bpo.train.modeling import count_parameters, prepare_policy, reference_mode
+from bpo.train.modeling import count_parameters, prepare_policy
+from bpo.train.reference import FROZEN_COPY, Reference, build_reference, reference_kind
 
 
 def lr_lambda(total: int, warmup: int, kind: str):
@@ -43,15 +44,39 @@ def lr_lambda(total: int, warmup: int, kind: str):
 
 
 class Trainer:
+    """``Trainer(cfg).setup().train()``. Every attribute is declared here; :meth:`setup` fills them, in this order."""
+
     def __init__(self, cfg: TrainConfig, *, log=print):
+        from bpo.models.packed import LogpsPath
+
         cfg.validate()
         self.cfg = cfg
         self.log = log
         self.out = Path(cfg.run.output_dir)
+        self.loss_fn = LOSSES.get(cfg.loss.type)
+        # packed prompt + responses in one forward, or plain rows (run.fast_path); says once why it fell back
+        self._logps_path = LogpsPath(cfg.run.fast_path, log=log)
+        self._fp: dict | None = None  # checkpoint fingerprint, computed on first use (it hashes the data file)
+        # ---- filled by setup() ----
+        self.acc = None  # accelerate.Accelerator
+        self.engine = "single"  # single, ddp, zero1/2/3, fsdp2 (engines.engine_name)
+        self.read_errors: list = []  # records skipped while reading (data.on_error=skip)
+        self.records: list = []  # after negative selection and the subset draw
+        self.processor = None
+        self.examples: list = []  # EncodedExample, one per usable record
+        self.dropped: list[str] = []  # why each dropped record was dropped (also written to dropped.txt)
+        self.lengths: list[int] = []  # tokens per example, for length-grouped batches
+        self.policy = None  # prepared by accelerate (DDP / DeepSpeed / FSDP wrapper)
+        self.optimizer = None
+        self.scheduler = None
+        self.total_steps = 0
+        self.reference: Reference | None = None  # pi_ref; None when the loss reads none (SFT)
 
     # ---- setup -----------------------------------------------------------------------------------
     def setup(self):
         from accelerate.utils import set_seed
+
+        from bpo.models.loading import load_processor
 
         cfg = self.cfg
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
@@ -65,32 +90,28 @@ class Trainer:
             raise BpoError(f"launched with WORLD_SIZE={launched} but accelerate runs a single process; on CPU set "
                            "ACCELERATE_USE_CPU=true (or use `accelerate launch --cpu`)")
         set_seed(cfg.run.seed)
-        self._read_records()  # cheap checks first: never load a 7B model to find a malformed line
-        from bpo.models.loading import load_processor
-
+        # cheap checks first: never load a 7B model to find a malformed line
+        self.records, self.read_errors = self._read_records()
         # Encode before the model loads: a record the chat template or processor rejects costs no model load.
         self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-        self._load_data()
-        self._load_model()
-        self._build_optimizer()
-        from bpo.train.ref_cache import build_reference_cache
-
-        self.ref_cache = build_reference_cache(self)  # pi_ref once, on disk; None when run.ref_cache=off
-        self._pi_ref_frozen = True  # from here on the policy may move (loss.reference=start)
-        if self.ref_cache is not None and self.ref_model is not None:
-            # Every reference log-prob is on disk now: the frozen copy of full fine-tuning is dead weight.
-            self.ref_model = None
-            self.log("reference cache complete: freed the frozen reference copy")
+        self.examples, self.dropped = self._load_data()
+        self.lengths = [ex.total_tokens() for ex in self.examples]
+        policy, frozen_copy = self._load_model()
+        optimizer, self.scheduler, self.total_steps = self._build_optimizer(policy)
+        self.policy, self.optimizer, frozen_copy = self._prepare(policy, optimizer, frozen_copy)
+        # pi_ref: its cache (run.ref_cache=auto) is filled here, before the first step moves the policy
+        self.reference = build_reference(cfg, policy=self.acc.unwrap_model(self.policy), frozen_copy=frozen_copy,
+                                         score=self._logps, examples=self.examples, processor=self.processor,
+                                         acc=self.acc, sharded=engines.is_sharded(self.engine), log=self.log)
         return self
 
     def _load_model(self):
+        """(policy, frozen copy or None): the model with LoRA or its trainable parts set, not yet prepared."""
         from accelerate.utils import set_seed
 
-        from bpo.models.loading import load_model, load_processor
+        from bpo.models.loading import load_model
 
         cfg = self.cfg
-        if getattr(self, "processor", None) is None:
-            self.processor = load_processor(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         model = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                            attn_implementation=cfg.model.attn_implementation)
         if cfg.model.adapter:
@@ -98,34 +119,37 @@ class Trainer:
 
             # The start adapter (e.g. SFT LoRA) becomes part of both policy and reference.
             model = attach_adapter(model, cfg.model.adapter).merge_and_unload()
-        zero3 = getattr(self, "engine", "single") == "zero3"
+        zero3 = self.engine == "zero3"
+        copy = reference_kind(cfg) == FROZEN_COPY
         set_seed(cfg.run.seed)  # LoRA init from the seed alone: ZeRO-3's zero.Init load draws random numbers
-        self.policy, self.ref_model = prepare_policy(model, cfg.lora, copy_reference=not zero3,
-                                                     gradient_checkpointing=cfg.run.gradient_checkpointing)
-        if zero3 and not cfg.lora.enabled:
-            self.ref_model = engines.load_reference_copy(cfg)  # partitioned by zero.Init on every rank
-        self.policy.train()
+        policy, frozen_copy = prepare_policy(model, cfg.lora, copy_reference=copy and not zero3,
+                                             gradient_checkpointing=cfg.run.gradient_checkpointing)
+        if zero3 and copy:
+            frozen_copy = engines.load_reference_copy(cfg)  # partitioned by zero.Init on every rank
+        policy.train()
         if cfg.run.precision == "bf16":  # frozen weights in bf16, not fp32 cast on every forward
             from bpo.train.modeling import cast_frozen
 
-            cast_frozen(self.policy, torch.bfloat16)
-            if self.ref_model is not None:
-                self.ref_model.to(torch.bfloat16)
+            cast_frozen(policy, torch.bfloat16)
+            if frozen_copy is not None:
+                frozen_copy.to(torch.bfloat16)
         if cfg.run.compile:
             from bpo.models.packed import compile_model
 
-            compile_model(self.policy, log=self.log)
-        trainable, total = count_parameters(self.policy)
+            compile_model(policy, log=self.log)
+        trainable, total = count_parameters(policy)
         self.log(f"model {cfg.model.name}: {trainable:,} trainable of {total:,} parameters "
                  f"({'LoRA' if cfg.lora.enabled else 'full fine-tuning'}"
                  f"{', projector trained' if cfg.lora.train_projector else ''})")
+        return policy, frozen_copy
 
-    def _read_records(self):
+    def _read_records(self) -> tuple[list, list]:
+        """(training records after negative selection and the subset draw, the records skipped while reading)."""
         from bpo.data.records import read_records
 
         cfg = self.cfg
-        self.read_errors: list = []
-        records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=self.read_errors))
+        errors: list = []
+        records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=errors))
         records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
         from bpo.data.validate import identical_pairs
 
@@ -133,89 +157,89 @@ class Trainer:
         if same:
             self.log(f"warning: {len(same)} rejected answer(s) identical to their chosen one; such pairs teach "
                      f"nothing (first: {same[0]})")
-        self.records = subset(records, cfg.data.subset_fraction, cfg.data.subset_seed)
+        return subset(records, cfg.data.subset_fraction, cfg.data.subset_seed), errors
 
     def _load_data(self):
+        """(examples, dropped): every record encoded, the unusable ones reported and left out."""
         from bpo.models.encoding import Encoder, encode_all
 
         cfg = self.cfg
-        errors, records = self.read_errors, self.records
-        self.encoder = Encoder(self.processor, cfg.data.image_root, max_length=cfg.data.max_length,
-                               on_overlength=cfg.data.on_overlength, source_weights=cfg.loss.source_weights)
-        dropped: list = []
-        sft = cfg.loss.type == "sft"
-        self.examples = encode_all(self.encoder, records, on_error=cfg.data.on_error, dropped=dropped,
-                                   require_rejected=not sft, progress=cfg.run.progress and self.acc.is_main_process)
-        self.dropped = [str(e) for e in errors + dropped]
-        for msg in self.dropped[:10]:
+        encoder = Encoder(self.processor, cfg.data.image_root, max_length=cfg.data.max_length,
+                          on_overlength=cfg.data.on_overlength, source_weights=cfg.loss.source_weights)
+        skipped: list = []
+        # a loss without a reference (SFT) trains on chosen alone: a record without rejected answers is usable
+        examples = encode_all(encoder, self.records, on_error=cfg.data.on_error, dropped=skipped,
+                              require_rejected=needs_reference(cfg.loss.type),
+                              progress=cfg.run.progress and self.acc.is_main_process)
+        dropped = [str(e) for e in self.read_errors + skipped]
+        for msg in dropped[:10]:
             self.log(f"skipped: {msg}")
-        if len(self.dropped) > 10:
-            self.log(f"... and {len(self.dropped) - 10} more (all listed in {self.out / 'dropped.txt'})")
-        if not self.examples:
-            raise BpoError(f"{cfg.data.train}: no usable training records ({len(self.dropped)} dropped)")
-        self.lengths = [ex.total_tokens() for ex in self.examples]
-        n_pairs = sum(len(ex.response_ids) - 1 for ex in self.examples)
-        self.log(f"data: {len(self.examples)} examples, {n_pairs} preference pairs, {len(self.dropped)} dropped")
+        if len(dropped) > 10:
+            self.log(f"... and {len(dropped) - 10} more (all listed in {self.out / 'dropped.txt'})")
+        if not examples:
+            raise BpoError(f"{cfg.data.train}: no usable training records ({len(dropped)} dropped)")
+        n_pairs = sum(len(ex.response_ids) - 1 for ex in examples)
+        self.log(f"data: {len(examples)} examples, {n_pairs} preference pairs, {len(dropped)} dropped")
+        return examples, dropped
 
-    def _build_optimizer(self):
+    def _build_optimizer(self, policy):
+        """(AdamW over the trainable parameters, its LR schedule, total optimizer steps)."""
         cfg = self.cfg
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           betas=tuple(cfg.optim.betas))
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                      betas=tuple(cfg.optim.betas))
         world = self.acc.num_processes
         n_batches = len(epoch_batches(self.lengths, cfg.run.batch_size, seed=cfg.run.seed, epoch=0,
                                       group_by_length=False, world_size=world)) // world
-        self.micro_per_epoch = n_batches
         steps_per_epoch = max(1, math.ceil(n_batches / cfg.run.grad_accum))
-        self.total_steps = cfg.run.max_steps or max(1, math.ceil(cfg.run.epochs * steps_per_epoch))
-        warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, warmup, cfg.optim.scheduler))
+        total_steps = cfg.run.max_steps or max(1, math.ceil(cfg.run.epochs * steps_per_epoch))
+        warmup = cfg.optim.warmup_steps or int(cfg.optim.warmup_ratio * total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, cfg.optim.scheduler))
+        return optimizer, scheduler, total_steps
+
+    def _prepare(self, policy, optimizer, frozen_copy):
+        """Policy and optimizer wrapped by accelerate for the engine; the frozen copy placed (every rank)."""
         if engines.is_deepspeed(self.engine):
-            engines.configure_deepspeed(self.acc, cfg)
+            engines.configure_deepspeed(self.acc, self.cfg)
         elif self.engine == "fsdp2":
-            engines.configure_fsdp(self.acc, self.policy)
-        self.policy, self.optimizer = self.acc.prepare(self.policy, self.optimizer)
-        self.ref_model = engines.prepare_reference(self.acc, self.engine, self.ref_model)
+            engines.configure_fsdp(self.acc, policy)
+        policy, optimizer = self.acc.prepare(policy, optimizer)
+        return policy, optimizer, engines.prepare_reference(self.acc, self.engine, frozen_copy)
+
+    # Views of the reference, for tests and benches that look inside a run.
+    @property
+    def ref_cache(self):
+        """The on-disk reference cache of this run, or None (run.ref_cache=off, or no reference)."""
+        return self.reference.cache if self.reference is not None else None
+
+    @property
+    def ref_model(self):
+        """The frozen copy of full fine-tuning while the reference holds one (not once it is all cached)."""
+        return self.reference.frozen_copy if self.reference is not None else None
 
     # ---- one micro-batch -------------------------------------------------------------------------
     def _logps(self, model, examples, stats=None):
-        from bpo.models.packed import LogpsPath
-
-        if getattr(self, "_logps_path", None) is None:  # packed prompt + responses, or plain rows (run.fast_path)
-            self._logps_path = LogpsPath(self.cfg.run.fast_path, log=self.log)
         return self._logps_path(model, examples, self.processor.tokenizer.pad_token_id, stats=stats)
 
-    def _reference_logps(self, examples):
-        cache = getattr(self, "ref_cache", None)
-        if cache is not None:
-            return cache.lookup(examples, device=self.acc.device)
-        start = self.cfg.loss.reference == "start"
-        if start and getattr(self, "_pi_ref_frozen", False):  # the policy has moved: it is no longer pi_ref
-            raise BpoError("loss.reference=start: a reference log-prob is missing from the cache")
-        with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model, start=start) as ref:
-            was_training = ref.training
-            ref.eval()
-            lp, _, _ = self._logps(ref, examples)
-            ref.train(was_training)
-        return lp
+    def _reference_logps(self, examples, **score_kwargs):
+        """pi_ref log-probs ``[B, 1 + Kmax]``; one method, so a profiler or a test can wrap the reference pass."""
+        return self.reference.logps(examples, **score_kwargs)
 
     def micro_step(self, examples, stats: StepStats) -> torch.Tensor:
         cfg = self.cfg
         with self.acc.autocast():
             logps, counts, valid = self._logps(self.policy, examples, stats)
         chosen, rejected = logps[:, 0], logps[:, 1:]
-        if cfg.loss.type == "sft":
-            losses = nll_loss(chosen, counts[:, 0])
+        if self.reference is None:  # a loss without pi_ref (SFT): per-token NLL of chosen, no rewards
+            losses = self.loss_fn(chosen, rejected, None, None, chosen_tokens=counts[:, 0]).losses
             stats.add("logps/chosen", chosen)
             stats.add("nll/chosen", losses)
             return losses.mean()
         ref = self._reference_logps(examples)
         weights, sources = negative_matrix(examples, logps.shape[1], device=logps.device)
-        loss_fn = LOSSES.get(cfg.loss.type)
-        kwargs = {"label_smoothing": cfg.loss.label_smoothing} if cfg.loss.type == "sigmoid" else {}
-        out = loss_fn(chosen, rejected, ref[:, 0], ref[:, 1:], beta=cfg.loss.beta, valid=valid[:, 1:],
-                      weights=weights, reduction=cfg.loss.reduction, **kwargs)
+        # every loss takes every option; validate() refuses one that does not apply (label_smoothing: sigmoid)
+        out = self.loss_fn(chosen, rejected, ref[:, 0], ref[:, 1:], beta=cfg.loss.beta, valid=valid[:, 1:],
+                           weights=weights, reduction=cfg.loss.reduction, label_smoothing=cfg.loss.label_smoothing)
         losses = out.losses
         if cfg.loss.sft_weight:
             nll = nll_loss(chosen, counts[:, 0])
@@ -309,7 +333,7 @@ class Trainer:
     # ---- persistence -----------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
         """What a checkpoint must match to be resumed; computed once (it hashes the data file)."""
-        if getattr(self, "_fp", None) is None:
+        if self._fp is None:
             from bpo.io import file_sha256
 
             cfg = to_dict(self.cfg)
