@@ -344,7 +344,9 @@ def parse_command(cls: type[T], argv: list[str], *, prog: str, description: str 
     keys = {k for k, _, _ in fields}
     rest, overrides = _split_overrides(list(argv), keys, any("positional" in f.metadata for _, f, _ in fields))
     parser = command_parser(cls, prog=prog, description=description, epilog=epilog)
-    ns = parser.parse_args(rest)
+    # intermixed: `bpo pipeline RECIPE --dry-run name=value` (a positional list after a flag) parses
+    has_positional = any("positional" in f.metadata for _, f, _ in fields)
+    ns = parser.parse_intermixed_args(rest) if has_positional else parser.parse_args(rest)
     if ns.help_config:
         print(f"{prog}: every option as a config key (YAML via --config, or key=value)")
         print(format_help(cls))
@@ -394,6 +396,10 @@ def run_subcommands(argv: list[str], *, prog: str, description: str, table: dict
         print(f"usage: {prog} {{{','.join(table)}}} ...\n\n{description}\n\ncommands:")
         print("\n".join(f"  {name:<{width}}{desc}" for name, (_, _, desc) in table.items()))
         print(f"\n`{prog} SUB --help` for its options; `{prog} SUB --help-config` for its config keys")
+        return 0
+    if argv[0] == "--help-config":
+        for name, (cls, _, desc) in table.items():
+            print(f"{prog} {name}: {desc}\n{format_help(cls)}\n")
         return 0
     name = _subcommand(argv, prog, table)
     cls, run, desc = table[name]

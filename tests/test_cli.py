@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bpo.cli import COMMANDS, main
 
 
@@ -36,3 +38,19 @@ def test_train_bad_config_is_one_line(capsys, tmp_path):
 def test_train_help_config(capsys):
     assert main(["train", "--help-config"]) == 0
     assert "loss.beta" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_prints_its_config_keys(name, capsys):
+    """Every command (for a group: every subcommand) lists its options as config keys with --help-config."""
+    assert main([name, "--help-config"]) == 0
+    out = capsys.readouterr().out
+    assert "[default:" in out, out[:300]
+
+
+def test_pipeline_reads_variables_after_flags(tmp_path, capsys):
+    """`bpo pipeline RECIPE --dry-run name=value`: the positional list may follow a flag."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("vars:\n  out: x\nsteps:\n  - name: s\n    run: data stats ${out}/records.jsonl\n")
+    assert main(["pipeline", str(recipe), "--dry-run", f"out={tmp_path}"]) == 0
+    assert f"{tmp_path}/records.jsonl" in capsys.readouterr().out
