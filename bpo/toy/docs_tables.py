@@ -53,7 +53,9 @@ def results_markdown(summary: dict) -> str:
              "trajectories (floating-point reduction order differs), so other numbers: compare the verdicts, "
              "not the digits.", "",
              "Mean ± std over seeds (CHAIR / pull: lower is better; POPE rand / adv acc: random / adversarial split "
-             "accuracy; POPE adv yes: yes-ratio on the adversarial split):", "",
+             "accuracy; POPE adv yes: yes-ratio on the adversarial split; yes partner / far: first-token false-yes rate on "
+             "absent partners of present objects / on absent kinds as far from every present object, the prior in the "
+             "yes/no answers, 1 = none):", "",
              format_table(summary["table"]), "",
              "Verdicts (95% paired bootstrap over images, resampled within each seed and averaged over seeds; holds / "
              "fails when the interval excludes the threshold on the claimed / the other side, else unresolved):", ""]

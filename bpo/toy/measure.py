@@ -208,6 +208,54 @@ def pope_scores(model, processor, world: World, scenes, *, batch_size: int = 128
     return out
 
 
+def negative_kind(world: World, scene, name: str) -> str:
+    """How an absent kind relates to a scene: ``partner`` / ``partner_near`` (the absent partner of a present
+    object, sharing no / some colour or shape with a present object), ``near`` (a non-partner sharing a colour
+    or shape: a perceptual near miss) or ``far`` (neither)."""
+    present = scene.names
+    near = any(name.split()[0] == n.split()[0] or name.split()[1] == n.split()[1] for n in present)
+    if name in {world.partner[n] for n in present}:
+        return "partner_near" if near else "partner"
+    return "near" if near else "far"
+
+
+def existence_prior(model, processor, world: World, scenes, *, batch_size: int = 256) -> dict:
+    """First-token false-yes rate on *every* absent kind, grouped by :func:`negative_kind`.
+
+    POPE's adversarial split mixes the prior with perception: the toy's partners never share colour
+    and shape with their object, so its adversarial negatives are perceptually easier than random
+    ones (most of which are near misses). The prior in the yes/no answers is ``partner`` vs ``far``
+    (equally far from every present object, only the partner relation differs); ``excess`` is their ratio.
+    """
+    import torch
+
+    from bpo.toy.tensors import PromptCache
+    from bpo.toy.world import EXIST_TEMPLATE
+
+    tok = processor.tokenizer
+    cache = PromptCache(processor, world.cfg.image_size)
+    yes, no = tok.convert_tokens_to_ids(["yes", "no"])
+    pixels = _pixels(world, scenes, processor)
+    items = [(i, k, negative_kind(world, s, k)) for i, s in enumerate(scenes) for k in world.kinds
+             if k not in s.names]
+    said, total = {}, {}
+    for b in range(0, len(items), batch_size):
+        chunk = items[b: b + batch_size]
+        rows = [cache.ids(EXIST_TEMPLATE.format(name=k)) for _, k, _ in chunk]
+        width = max(map(len, rows))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # left pad
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(),
+                           pixel_values=pixels[[i for i, _, _ in chunk]]).logits[:, -1]
+        for (_, _, group), y in zip(chunk, (logits[:, yes] > logits[:, no]).tolist()):
+            said[group] = said.get(group, 0) + y
+            total[group] = total.get(group, 0) + 1
+    out = {g: {"false_yes": said[g] / total[g], "n": total[g]} for g in sorted(total)}
+    far, partner = out.get("far", {}).get("false_yes"), out.get("partner", {}).get("false_yes")
+    out["excess"] = partner / far if far and partner is not None else None
+    return out
+
+
 def measure(model_dir: str | Path, *, adapter: str | None = None, world: World | None = None,
             n_images: int = 200, noise_steps: Sequence[int] = (0, 100, 300, 500, 700, 900),
             seed: int = 0, split: str = "eval", pope: bool = False) -> dict:
@@ -215,7 +263,7 @@ def measure(model_dir: str | Path, *, adapter: str | None = None, world: World |
 
     ``world`` defaults to the one saved with a pretrained toy model (``toy.json``); pass it for
     models trained elsewhere from a toy base. Returns ``{"pull": {...}, "noise": [{t, chair_i, ...}]}``
-    (+ ``"pope"`` per split with ``pope=True``).
+    (+ ``"pope"`` per split and ``"existence_prior"`` with ``pope=True``).
     """
     from bpo.models.loading import load
     from bpo.toy.pretrain import load_world
@@ -227,4 +275,5 @@ def measure(model_dir: str | Path, *, adapter: str | None = None, world: World |
            "noise": noise_curve(model, processor, world, scenes, noise_steps, seed=seed)}
     if pope:
         out["pope"] = pope_scores(model, processor, world, scenes)
+        out["existence_prior"] = existence_prior(model, processor, world, scenes)
     return out

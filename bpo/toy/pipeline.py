@@ -181,7 +181,7 @@ class SeedRun(StagedRun):
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
         from bpo.models.loading import load
-        from bpo.toy.measure import prior_pull
+        from bpo.toy.measure import existence_prior, prior_pull
 
         d, c = self.data, self.cfg
         ev = self.out / "eval" / name
@@ -202,7 +202,9 @@ class SeedRun(StagedRun):
         model, processor = load(str(self.model), adapter=str(adapter) if adapter else None)
         scenes = [self.world.scene(c.eval_split, i) for i in range(c.n_eval)]
         pull = prior_pull(model, processor, self.world, scenes)
-        return {"chair": chair, "pope": pope, "pull": pull, "parse_rate": _parse_rate(self.world, ev),
+        prior = existence_prior(model, processor, self.world, scenes[: c.n_pope])  # the prior in yes/no answers
+        return {"chair": chair, "pope": pope, "pull": pull, "existence_prior": prior,
+                "parse_rate": _parse_rate(self.world, ev),
                 "counts": _counts(self.world, ev, scenes)}
 
     def evaluate_all(self) -> dict:
@@ -275,6 +277,7 @@ METRICS = [("CHAIR_s", lambda r: r["chair"]["chair_s"]), ("CHAIR_i", lambda r: r
            ("POPE rand acc", lambda r: r["pope"]["per_split"]["random"]["accuracy"]),
            ("POPE adv acc", lambda r: r["pope"]["per_split"]["adversarial"]["accuracy"]),
            ("POPE adv yes", lambda r: r["pope"]["per_split"]["adversarial"]["yes_ratio"]),
+           ("yes partner / far", lambda r: r["existence_prior"]["excess"]),
            ("pull", lambda r: r["pull"]["pull"]), ("parse", lambda r: r["parse_rate"])]
 
 

@@ -58,7 +58,9 @@ class RecipeConfig:
     text_lr: float = option(3e-3, help="language-model learning rate")
     align_images: int = option(2000, help="images in the multimodal alignment set (true captions + QA)")
     align_projector_steps: int = option(50, help="alignment steps that train only the projector (LLaVA stage 1)")
-    align_steps: int = option(1000, help="most alignment steps for projector + language model (LLaVA stage 2)")
+    align_steps: int = option(
+        2000, help="most alignment steps for projector + language model (LLaVA stage 2); a cap, the early stop "
+        "ends it. 1000 until 2026-12-01: held-out POPE was still rising there when it ended (docs/toy.md, POPE)")
     align_batch: int = option(32, help="examples per alignment step")
     align_lr: float = option(2e-3, help="alignment learning rate")
     align_text_mix: float = option(0.0, help="fraction of each alignment batch that replays text-only corpus chats")
@@ -66,11 +68,13 @@ class RecipeConfig:
         0.25, help="stop alignment once held-out CHAIR_i <= this (and parse rate >= 0.9); null = run all "
         "steps. 0.25 is about LLaVA-1.5-7B's CHAIR_i on Object HalBench (23.7), where the paper starts")
     align_exist_share: float = option(
-        0.35, help="share of existence (POPE-style) questions in the alignment QA; the other tasks keep their "
-        "relative shares. 0.2 was the first recipe, where the 2-token yes/no answers got ~5% of the loss tokens")
+        0.5, help="share of existence (POPE-style) questions in the alignment QA; the other tasks keep their "
+        "relative shares. 0.2 was the first recipe, where the 2-token yes/no answers got ~5% of the loss tokens; "
+        "0.35 the second (13%), still too little to learn the skill within the cap")
     align_stop_pope: float | None = option(
-        0.85, help="early stop also needs held-out random-split existence accuracy >= this (first-token yes/no); "
-        "null = CHAIR only. 0.85 is about LLaVA-1.5-7B's POPE-random accuracy, where the paper starts")
+        0.9, help="early stop also needs held-out random-split existence accuracy >= this (first-token yes/no); "
+        "null = CHAIR only. The stop fires at the first noisy held-out estimate (96 scenes) to cross it, so the "
+        "eval accuracy lands below: 0.85 (about LLaVA-1.5-7B's POPE-random) gave 0.80 on the eval images")
     align_eval_every: int = option(50, help="held-out evaluation interval (steps) during alignment")
     heldout_images: int = option(96, help="held-out images for the early-stopping check")
 

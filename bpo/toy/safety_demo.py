@@ -37,7 +37,7 @@ class SafetyDemoConfig(TrainBudget):
     # which keeps text-side safety from being forgotten during alignment.
     # The safety scenario keeps the first recipe's QA mix and CHAIR-only stop (its documented numbers).
     pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1, "align_exist_share": 0.2,
-                                                              "align_stop_pope": None})
+                                                              "align_stop_pope": None, "align_steps": 1000})
 
 
 SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_tokens=12,

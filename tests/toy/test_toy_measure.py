@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from bpo.toy.measure import add_diffusion_noise, chair_scores, kind_probabilities, measure, mentioned_objects
+from bpo.toy.measure import (
+    add_diffusion_noise,
+    chair_scores,
+    kind_probabilities,
+    measure,
+    mentioned_objects,
+    negative_kind,
+)
+from bpo.toy.world import World
 
 KINDS = ["red circle", "blue square", "green cross", "yellow triangle"]
 PARTNER = {"red circle": "blue square", "blue square": "green cross", "green cross": "yellow triangle",
@@ -102,3 +110,21 @@ def test_measure_reports_pull_and_noise_curve(micro_pretrained):
     pull = out["pull"]
     assert 0.0 <= pull["pull"] <= 1.0 and pull["n"] == 6  # every scene has an object whose partner is absent
     assert set(out["pope"]) == {"random", "popular", "adversarial"}
+    prior = out["existence_prior"]
+    # every absent kind of every scene is asked once, in exactly one group
+    assert sum(g["n"] for k, g in prior.items() if k != "excess") == sum(16 - s.count for s in
+                                                                        (World().scene("eval", i) for i in range(6)))
+
+
+def test_negative_kind_by_hand():
+    world = World()
+    scene = world.scene("eval", 0)
+    a = scene.names[0]
+    partner = world.partner[a]
+    groups = {k: negative_kind(world, scene, k) for k in world.kinds if k not in scene.names}
+    if partner not in scene.names:
+        assert groups[partner] in ("partner", "partner_near")
+    for k, g in groups.items():
+        shares = any(k.split()[0] == n.split()[0] or k.split()[1] == n.split()[1] for n in scene.names)
+        assert g in (("partner_near", "near") if shares else ("partner", "far"))
+        assert g.startswith("partner") == (k in {world.partner[n] for n in scene.names})
