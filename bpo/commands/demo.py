@@ -91,6 +91,12 @@ def run_quick(out: Path, steps: int) -> int:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
+    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU, spinning 2-thread
+    # barriers made the toy's small ops 10-25x slower (docs/toy.md, "Timing"); the numbers are unchanged
+    # (same threads, same partitioning). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if args.quick and args.scenario != "hallucination":
