@@ -118,6 +118,6 @@ def main(argv: list[str]) -> int:
         from bpo.toy import sweep
 
         return sweep.run(args, out)
-    from bpo.toy import pipeline
+    from bpo.toy import hallucination_demo
 
-    return pipeline.main(args, out)
+    return hallucination_demo.main(args, out)

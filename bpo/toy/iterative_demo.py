@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import StagedRun, TrainBudget, bpo, log_results, write_outputs
+from bpo.toy.model import load_world
+from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results, write_outputs
 
 
 @dataclass
@@ -52,7 +53,6 @@ class IterativeSeedRun(StagedRun):
     def export(self):
         from bpo.data.records import read_records, write_records
         from bpo.toy.data import export
-        from bpo.toy.pretrain import load_world
 
         self.world = load_world(self.model)
         self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval)

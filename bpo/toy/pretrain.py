@@ -28,17 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.config import from_dict, option
-from bpo.errors import BpoError
+from bpo.config import option
 from bpo.io import stable_hash, write_json
-from bpo.toy.model import ModelConfig
+from bpo.toy import model as toy_model
+from bpo.toy.measure import heldout_chair, heldout_pope
+from bpo.toy.model import META_FILE, ModelConfig
 from bpo.toy.safety import SafetyConfig, SafetyWorld
 from bpo.toy.world import World, WorldConfig
 
 # Bump when the recipe's code changes meaningfully: it is part of the cache key.
 # 2: existence-question share and the held-out POPE condition of the early stop (docs/toy.md, "POPE").
 RECIPE_VERSION = 2
-META_FILE = "toy.json"
 
 
 @dataclass
@@ -93,24 +93,6 @@ def cache_key(world: WorldConfig, recipe: RecipeConfig, safety: SafetyConfig | N
     return stable_hash(key)[:16]
 
 
-def load_world(model_dir: str | Path) -> World:
-    """The :class:`World` a pretrained toy model was built for (from its ``toy.json``)."""
-    f = Path(model_dir) / META_FILE
-    if not f.is_file():
-        raise BpoError(f"{model_dir}: not a toy model directory (no {META_FILE}); build one with "
-                       "bpo.toy.pretrain.pretrain()")
-    return World(from_dict(WorldConfig, json.loads(f.read_text())["world"]))
-
-
-def load_safety(model_dir: str | Path) -> SafetyWorld:
-    """The :class:`SafetyWorld` a toy model was pretrained with (``pretrain(..., safety=...)``)."""
-    meta = json.loads((Path(model_dir) / META_FILE).read_text()) if (Path(model_dir) / META_FILE).is_file() else {}
-    if not meta.get("safety"):
-        raise BpoError(f"{model_dir}: not a toy model pretrained with the safety scenario; build one with "
-                       "bpo.toy.pretrain.pretrain(..., safety=SafetyConfig())")
-    return SafetyWorld(load_world(model_dir), from_dict(SafetyConfig, meta["safety"]))
-
-
 def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None = None, *,
              safety: SafetyConfig | None = None, cache_root: str | Path | None = None, force: bool = False,
              log: Callable[[str], None] | None = None) -> PretrainResult:
@@ -137,7 +119,6 @@ def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None =
 def _run(world: World, recipe: RecipeConfig, out: Path, log, safety: SafetyWorld | None = None) -> dict:
     import torch
 
-    from bpo.toy import model as toy_model
     from bpo.toy.tensors import AlignData, TextData
 
     old_threads = torch.get_num_threads()
@@ -187,11 +168,9 @@ def _save_atomically(model, processor, meta: dict, out: Path) -> None:
     """Write to a fresh sibling temp dir, then rename: a killed run never leaves a half model in the cache."""
     import tempfile
 
-    from bpo.toy.model import save
-
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
     try:
-        save(model, processor, tmp)
+        toy_model.save(model, processor, tmp)
         write_json(tmp / META_FILE, meta)
         shutil.rmtree(out, ignore_errors=True)  # an older copy of the same key (force=True)
         tmp.rename(out)
@@ -318,8 +297,6 @@ def _set_trainable(model, *, vision: bool, projector: bool, language: bool) -> N
 def _align_stage(model, world: World, processor, align, text, recipe: RecipeConfig, log) -> dict:
     """Projector-only steps, then projector + LM, with optional held-out CHAIR early stopping."""
     import torch
-
-    from bpo.toy.tensors import heldout_chair, heldout_pope
 
     torch.manual_seed(recipe.seed + 5)
     gen = torch.Generator().manual_seed(recipe.seed + 6)

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bpo.errors import BpoError
-from bpo.toy.pretrain import cache_key, load_safety, pretrain
+from bpo.toy.model import load_safety
+from bpo.toy.pretrain import cache_key, pretrain
 from bpo.toy.safety import (
     EVAL_SETS,
     FRAMES,
