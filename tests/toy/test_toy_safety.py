@@ -179,3 +179,17 @@ def test_pretrain_with_safety_has_its_own_key_and_reloads(tmp_path, micro_recipe
     plain = pretrain(WorldConfig(), recipe, cache_root=tmp_path, log=lambda s: None)
     with pytest.raises(BpoError, match="not a toy model pretrained with the safety scenario"):
         load_safety(plain.path)
+
+
+def test_safety_and_iterative_demos_keep_their_models_when_the_default_recipe_moves():
+    """Their overrides pin the first recipe's QA mix, stop and cap: the documented numbers were measured on these."""
+    from bpo.config import from_dict
+    from bpo.toy.iterative_demo import IterativeDemoConfig
+    from bpo.toy.pretrain import RecipeConfig
+    from bpo.toy.safety_demo import SafetyDemoConfig
+
+    sc, ic = SafetyDemoConfig(), IterativeDemoConfig()
+    safety = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **sc.pretrain_overrides}),
+                       from_dict(SafetyConfig, dict(sc.safety)))
+    iterative = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **ic.pretrain_overrides}))
+    assert (safety, iterative) == ("3fe2f1d3c11d4677", "80c3bd492bd90e91")
