@@ -105,6 +105,12 @@ def run_quick(out: Path, steps: int) -> int:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
+    # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU, spinning 2-thread
+    # barriers made the toy's small ops 10-25x slower (docs/toy.md, "Timing"); the numbers are unchanged
+    # (same threads, same partitioning). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse(argv)
     if args is None:  # --help-config
         return 0
@@ -123,9 +129,9 @@ def main(argv: list[str]) -> int:
         from bpo.toy import sweep
 
         return sweep.run(args, out)
-    from bpo.toy import pipeline
+    from bpo.toy import hallucination_demo
 
-    return pipeline.main(args, out)
+    return hallucination_demo.main(args, out)
 
 
 def check(argv: list[str]) -> None:

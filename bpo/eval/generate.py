@@ -8,7 +8,7 @@ Output: one JSONL row per record, in input order, deduplicated by id::
 ``images`` and ``generation`` let ``bpo eval`` record the protocol (image list, token budget, decoding).
 
 ``meta`` is the record's own ``meta`` (labels, object lists, categories the metrics need). The run
-uses the bootstrap engine, so it is batched, seeded, resumable after a kill and data-parallel under
+uses the generation engine (bpo.models.generation), so it is batched, seeded, resumable after a kill and data-parallel under
 ``accelerate launch`` (see :mod:`bpo.jobs`). An empty response is a response (it is
 written and scored), not an error; only unusable inputs (missing or corrupt images) are errors.
 """

@@ -9,42 +9,87 @@ beside a stated CPU, thread count and torch version.
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 from bpo.errors import BpoError
+from bpo.io import atomic_write
+from bpo.toy.claims import claim_line
+from bpo.toy.stages import machine_line, mean_std, write_outputs
 
 BEGIN = "<!-- bpo-demo-results:begin (written by `bpo demo --write-docs`; edits here are overwritten) -->"
 END = "<!-- bpo-demo-results:end -->"
 DOCS = ("README.md", "docs/toy.md")
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+# ---- the results table and report.md ------------------------------------------------------------------------------------------
+METRICS = [("CHAIR_s", lambda r: r["chair"]["chair_s"]), ("CHAIR_i", lambda r: r["chair"]["chair_i"]),
+           ("recall", lambda r: r["chair"]["recall"]), ("objects", lambda r: r["chair"]["objects_per_response"]),
+           ("POPE acc", lambda r: r["pope"]["accuracy"]), ("POPE F1", lambda r: r["pope"]["f1"]),
+           ("POPE rand acc", lambda r: r["pope"]["per_split"]["random"]["accuracy"]),
+           ("POPE adv acc", lambda r: r["pope"]["per_split"]["adversarial"]["accuracy"]),
+           ("POPE adv yes", lambda r: r["pope"]["per_split"]["adversarial"]["yes_ratio"]),
+           ("yes partner / far", lambda r: r["existence_prior"]["excess"]),
+           ("pull", lambda r: r["pull"]["pull"]), ("parse", lambda r: r["parse_rate"])]
 
 
-def machine_line(info: dict | None = None) -> str:
-    m = info or machine_info()
-    return f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}"
+def summarize(seed_results: list[dict]) -> dict:
+    names = list(seed_results[0]["results"])
+    table = {}
+    for name in names:
+        table[name] = {}
+        for label, get in METRICS:
+            vals = []
+            for sr in seed_results:
+                try:
+                    vals.append(get(sr["results"][name]))
+                except (KeyError, TypeError):
+                    vals.append(None)
+            table[name][label] = mean_std(vals)
+    return table
+
+
+def format_table(table: dict) -> str:
+    labels = [m for m, _ in METRICS]
+    head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+    rows = []
+    for name, vals in table.items():
+        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
+                 for m, s in (vals[label] for label in labels)]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows)
+
+
+def write_report(out: Path, cfg, seed_results: list[dict], table: dict, claims: list[dict],
+                 wall: float) -> Path:
+    lines = ["# bpo demo: Bootstrapped PO in the toy world", "",
+             f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; {cfg.n_eval} {cfg.eval_split} images; "
+             f"wall time {wall:.0f}s; {machine_line()}. "
+             "Mean ± std over seeds. CHAIR_i / CHAIR_s: lower is better; recall, POPE: higher is better; "
+             "*pull* = P(partner | \"a A and a\") with the partner absent from the image (the prior's grip; "
+             "lower is better); *parse* = share of captions in the world's grammar.", "",
+             format_table(table), "", "## The paper's claims, measured", ""]
+    lines += ["Verdicts: 95% paired bootstrap over images (resampled within each seed, averaged over seeds); "
+              "holds / fails when the interval excludes the threshold on the claimed / the other side, "
+              "otherwise unresolved.", ""]
+    for c in claims:
+        lines += [f"- {claim_line(c)}"]
+    pope_acc = [table[name]["POPE acc"][0] for name in table]
+    if all(abs(a - 0.5) <= 0.1 for a in pope_acc if a == a):
+        lines += ["", "Note: POPE accuracy is at chance (0.5 +- 0.1) for every model, so the POPE columns carry "
+                      "no signal in this run (see docs/toy.md, POPE)."]
+    lines += ["", "## Noise sweep of the base model (CHAIR_i of greedy captions per diffusion step)", "",
+              "| seed | " + " | ".join(f"t={r['t']}" for r in seed_results[0]["noise"]) + " |",
+              "|---|" + "---|" * len(seed_results[0]["noise"])]
+    for sr in seed_results:
+        lines.append(f"| {sr['seed']} | " + " | ".join(f"{r['chair_i']:.3f}" for r in sr["noise"]) + " |")
+    plots = ("Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps) and "
+             "`seed-*/plots/noise/` (probability of the partner's colour vs another absent colour after "
+             "\"a A and a\" as the noise step grows, with the answers per step).")
+    return write_outputs(out, lines, plots, cfg, seed_results, table, claims, wall)
 
 
 def results_markdown(summary: dict) -> str:
     """The block written between the markers: command, machine, table, verdicts."""
-    from bpo.toy.claims import claim_line
-    from bpo.toy.pipeline import format_table
-
     cfg = summary["config"]
     seeds = [s["seed"] for s in summary["seeds"]]
     lines = [f"Command: `{summary.get('command', 'bpo demo')}`; seeds {', '.join(map(str, seeds))}, "
@@ -53,7 +98,9 @@ def results_markdown(summary: dict) -> str:
              "trajectories (floating-point reduction order differs), so other numbers: compare the verdicts, "
              "not the digits.", "",
              "Mean ± std over seeds (CHAIR / pull: lower is better; POPE rand / adv acc: random / adversarial split "
-             "accuracy; POPE adv yes: yes-ratio on the adversarial split):", "",
+             "accuracy; POPE adv yes: yes-ratio on the adversarial split; yes partner / far: first-token false-yes rate on "
+             "absent partners of present objects / on absent kinds as far from every present object, the prior in the "
+             "yes/no answers, 1 = none):", "",
              format_table(summary["table"]), "",
              "Verdicts (95% paired bootstrap over images, resampled within each seed and averaged over seeds; holds / "
              "fails when the interval excludes the threshold on the claimed / the other side, else unresolved):", ""]
@@ -72,8 +119,6 @@ def replace_block(text: str, block: str, where: str) -> str:
 
 def write_docs(summary_path: str | Path, root: str | Path | None = None) -> list[Path]:
     """Write the results block of ``summary_path`` into README.md and docs/toy.md under ``root`` (the repo)."""
-    from bpo.io import atomic_write
-
     root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     summary = json.loads(Path(summary_path).read_text())
     block = results_markdown(summary)

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import StagedRun, TrainBudget, bpo, log_results, write_outputs
+from bpo.toy.model import load_world
+from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results, write_outputs
 
 
 @dataclass
@@ -28,7 +29,8 @@ class IterativeDemoConfig(TrainBudget):  # per round: the hallucination demo's b
     reference: str = "previous"
     weaken_step: int = 500
     # The first recipe's QA mix and CHAIR-only stop: the toy model docs/iterative.md's numbers were measured on.
-    pretrain_overrides: dict = field(default_factory=lambda: {"align_exist_share": 0.2, "align_stop_pope": None})
+    pretrain_overrides: dict = field(default_factory=lambda: {"align_exist_share": 0.2, "align_stop_pope": None,
+                                                                  "align_steps": 1000})
 
 
 ITERATIVE_FAST = dict(rounds=2, n_train=32, n_eval=12, n_pope=4, train_steps=3, batch_size=8, max_new_tokens=10,
@@ -51,7 +53,6 @@ class IterativeSeedRun(StagedRun):
     def export(self):
         from bpo.data.records import read_records, write_records
         from bpo.toy.data import export
-        from bpo.toy.pretrain import load_world
 
         self.world = load_world(self.model)
         self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval)

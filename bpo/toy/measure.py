@@ -1,18 +1,17 @@
-"""Exact measurements on the toy world: CHAIR per noise step, caption parse rate, and the prior pull.
+"""Model-based measurements on the toy world: CHAIR per noise step, the prior pull, POPE and the early-stop checks.
 
 Because every scene's objects are known exactly and captions follow one grammar, nothing here
-needs a synonym table or a judge:
+needs a synonym table or a judge (the CHAIR arithmetic itself is :mod:`bpo.toy.chair`):
 
-* :func:`chair_scores`: CHAIR_i / CHAIR_s (Rohrbach et al. 2018) over the ``colour shape`` pairs a
-  caption mentions (each object once per caption, as in :mod:`bpo.eval.chair`), the parse rate of
-  the world grammar, recall, and the *partner share*: the fraction of hallucinated objects that are
-  the partner of an object named earlier in the same caption (the prior's signature).
 * :func:`prior_pull`: the mechanism-specific metric. With the response forced to ``"a A and a"``
   where ``A`` is in the image and its partner is not, the probability the model gives to the
   partner's two words, compared with the mean probability of any other absent kind.
 * :func:`noise_curve`: CHAIR of greedy captions on images noised with the diffusion schedule
   of the Bootstrapped-PO paper (Figure 5 analog), at steps ``t``: the same noise function
   ``bpo bootstrap weaken`` uses (:func:`bpo.bootstrap.weaken.add_noise`).
+* :func:`pope_scores` / :func:`existence_prior`: first-token yes/no checks per POPE split, and the
+  false-yes rate on absent partners against equally far kinds.
+* :func:`heldout_chair` / :func:`heldout_pope`: what pretraining's early stop looks at.
 
 Models are loaded with :func:`bpo.models.loading.load`, the path every user model takes.
 """
@@ -22,50 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bpo.toy.world import DESCRIBE_PROMPTS, World, parse_caption
-
-
-# ---- pure metrics ----------------------------------------------------------------------------------
-def mentioned_objects(text: str, kinds: Sequence[str]) -> list[str]:
-    """Objects named in ``text`` (adjacent ``colour shape`` words that form a kind), once each, in order.
-
-    Grammar-free on purpose, like CHAIR: an unparsable caption still mentions objects.
-    """
-    kinds = set(kinds)
-    words = text.replace(".", " . ").split()
-    found = [f"{a} {b}" for a, b in zip(words, words[1:]) if f"{a} {b}" in kinds]
-    return list(dict.fromkeys(found))
-
-
-def chair_scores(captions: Sequence[str], truths: Sequence[Sequence[str]], kinds: Sequence[str],
-                 partner: dict[str, str] | None = None) -> dict:
-    """CHAIR_i = hallucinated / mentioned objects, CHAIR_s = captions with >= 1 hallucination / all.
-
-    Also: ``parse_rate`` (captions in the world grammar), ``recall`` (true objects mentioned / all
-    true objects), ``objects_per_caption`` and, with ``partner``, ``partner_share`` (hallucinated
-    objects that are the partner of an earlier-mentioned object / all hallucinated). Ratios with a
-    zero denominator are reported as 0.0 (and the counts are returned so callers can tell).
-    """
-    n_ment = n_hall = n_hall_caps = n_parsed = n_true = n_hit = n_partner = 0
-    for cap, truth in zip(captions, truths, strict=True):
-        truth = set(truth)
-        ment = mentioned_objects(cap, kinds)
-        hall = [m for m in ment if m not in truth]
-        n_ment += len(ment)
-        n_hall += len(hall)
-        n_hall_caps += bool(hall)
-        n_parsed += parse_caption(cap, set(kinds)) is not None
-        n_true += len(truth)
-        n_hit += len(truth & set(ment))
-        if partner:
-            for j, m in enumerate(ment):
-                if m in hall and any(partner.get(p) == m for p in ment[:j]):
-                    n_partner += 1
-    n = max(1, len(captions))
-    return {"chair_i": n_hall / n_ment if n_ment else 0.0, "chair_s": n_hall_caps / n,
-            "parse_rate": n_parsed / n, "recall": n_hit / n_true if n_true else 0.0,
-            "objects_per_caption": n_ment / n, "partner_share": n_partner / n_hall if n_hall else 0.0,
-            "n_captions": len(captions), "n_mentioned": n_ment, "n_hallucinated": n_hall}
+from bpo.toy.chair import chair_scores
+from bpo.toy.model import load_world
+from bpo.toy.world import DESCRIBE_PROMPTS, World
 
 
 def add_diffusion_noise(pixels, t: int, generator):
@@ -208,6 +166,77 @@ def pope_scores(model, processor, world: World, scenes, *, batch_size: int = 128
     return out
 
 
+def negative_kind(world: World, scene, name: str) -> str:
+    """How an absent kind relates to a scene: ``partner`` / ``partner_near`` (the absent partner of a present
+    object, sharing no / some colour or shape with a present object), ``near`` (a non-partner sharing a colour
+    or shape: a perceptual near miss) or ``far`` (neither)."""
+    present = scene.names
+    near = any(name.split()[0] == n.split()[0] or name.split()[1] == n.split()[1] for n in present)
+    if name in {world.partner[n] for n in present}:
+        return "partner_near" if near else "partner"
+    return "near" if near else "far"
+
+
+def existence_prior(model, processor, world: World, scenes, *, batch_size: int = 256) -> dict:
+    """First-token false-yes rate on *every* absent kind, grouped by :func:`negative_kind`.
+
+    POPE's adversarial split mixes the prior with perception: the toy's partners never share colour
+    and shape with their object, so its adversarial negatives are perceptually easier than random
+    ones (most of which are near misses). The prior in the yes/no answers is ``partner`` vs ``far``
+    (equally far from every present object, only the partner relation differs); ``excess`` is their ratio.
+    """
+    import torch
+
+    from bpo.toy.tensors import PromptCache
+    from bpo.toy.world import EXIST_TEMPLATE
+
+    tok = processor.tokenizer
+    cache = PromptCache(processor, world.cfg.image_size)
+    yes, no = tok.convert_tokens_to_ids(["yes", "no"])
+    pixels = _pixels(world, scenes, processor)
+    items = [(i, k, negative_kind(world, s, k)) for i, s in enumerate(scenes) for k in world.kinds
+             if k not in s.names]
+    said, total = {}, {}
+    for b in range(0, len(items), batch_size):
+        chunk = items[b: b + batch_size]
+        rows = [cache.ids(EXIST_TEMPLATE.format(name=k)) for _, k, _ in chunk]
+        width = max(map(len, rows))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # left pad
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(),
+                           pixel_values=pixels[[i for i, _, _ in chunk]]).logits[:, -1]
+        for (_, _, group), y in zip(chunk, (logits[:, yes] > logits[:, no]).tolist()):
+            said[group] = said.get(group, 0) + y
+            total[group] = total.get(group, 0) + 1
+    out = {g: {"false_yes": said[g] / total[g], "n": total[g]} for g in sorted(total)}
+    far, partner = out.get("far", {}).get("false_yes"), out.get("partner", {}).get("false_yes")
+    out["excess"] = partner / far if far and partner is not None else None
+    return out
+
+
+# ---- the held-out checks of pretraining's early stop -------------------------------------------
+def heldout_chair(model, world: World, processor, n: int) -> tuple[float, float]:
+    """(CHAIR_i, parse rate) of greedy captions on ``n`` held-out scenes."""
+    scenes = [world.scene("heldout", i) for i in range(n)]
+    pixels = _pixels(world, scenes, processor)
+    from bpo.toy.tensors import greedy_captions
+
+    caps = greedy_captions(model, processor, pixels)
+    scores = chair_scores(caps, [s.names for s in scenes], world.kinds)
+    return scores["chair_i"], scores["parse_rate"]
+
+
+def heldout_pope(model, world: World, processor, n: int) -> float:
+    """First-token yes/no accuracy on the random-split existence questions of ``n`` held-out scenes."""
+    scenes = [world.scene("heldout", i) for i in range(n)]
+    was_training = model.training
+    model.eval()
+    try:
+        return pope_scores(model, processor, world, scenes, splits=("random",))["random"]["accuracy"]
+    finally:
+        model.train(was_training)
+
+
 def measure(model_dir: str | Path, *, adapter: str | None = None, world: World | None = None,
             n_images: int = 200, noise_steps: Sequence[int] = (0, 100, 300, 500, 700, 900),
             seed: int = 0, split: str = "eval", pope: bool = False) -> dict:
@@ -215,10 +244,9 @@ def measure(model_dir: str | Path, *, adapter: str | None = None, world: World |
 
     ``world`` defaults to the one saved with a pretrained toy model (``toy.json``); pass it for
     models trained elsewhere from a toy base. Returns ``{"pull": {...}, "noise": [{t, chair_i, ...}]}``
-    (+ ``"pope"`` per split with ``pope=True``).
+    (+ ``"pope"`` per split and ``"existence_prior"`` with ``pope=True``).
     """
     from bpo.models.loading import load
-    from bpo.toy.pretrain import load_world
 
     world = world or load_world(model_dir)
     model, processor = load(str(model_dir), adapter=adapter)
@@ -227,4 +255,5 @@ def measure(model_dir: str | Path, *, adapter: str | None = None, world: World |
            "noise": noise_curve(model, processor, world, scenes, noise_steps, seed=seed)}
     if pope:
         out["pope"] = pope_scores(model, processor, world, scenes)
+        out["existence_prior"] = existence_prior(model, processor, world, scenes)
     return out

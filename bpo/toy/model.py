@@ -11,15 +11,20 @@ two-layer vision tower LLaVA's ``-2`` would discard half of it, so the toy reads
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpo.config import option
+from bpo.config import from_dict, option
+from bpo.errors import BpoError
 from bpo.models.tiny import LLAVA_CHAT_TEMPLATE
+from bpo.toy.safety import SafetyConfig, SafetyWorld
+from bpo.toy.world import World, WorldConfig
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 # Words the chat template itself emits (after lower-casing and splitting off punctuation).
 TEMPLATE_WORDS = ("user", "assistant", ":")
+META_FILE = "toy.json"  # beside the saved model: world and recipe configs, timings, held-out curves
 
 
 @dataclass
@@ -84,3 +89,21 @@ def save(model, processor, out_dir: str | Path) -> Path:
         model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def load_world(model_dir: str | Path) -> World:
+    """The :class:`World` a pretrained toy model was built for (from its ``toy.json``)."""
+    f = Path(model_dir) / META_FILE
+    if not f.is_file():
+        raise BpoError(f"{model_dir}: not a toy model directory (no {META_FILE}); build one with "
+                       "bpo.toy.pretrain.pretrain()")
+    return World(from_dict(WorldConfig, json.loads(f.read_text())["world"]))
+
+
+def load_safety(model_dir: str | Path) -> SafetyWorld:
+    """The :class:`SafetyWorld` a toy model was pretrained with (``pretrain(..., safety=...)``)."""
+    meta = json.loads((Path(model_dir) / META_FILE).read_text()) if (Path(model_dir) / META_FILE).is_file() else {}
+    if not meta.get("safety"):
+        raise BpoError(f"{model_dir}: not a toy model pretrained with the safety scenario; build one with "
+                       "bpo.toy.pretrain.pretrain(..., safety=SafetyConfig())")
+    return SafetyWorld(load_world(model_dir), from_dict(SafetyConfig, meta["safety"]))

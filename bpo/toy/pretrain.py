@@ -28,17 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.config import from_dict, option
-from bpo.errors import BpoError
+from bpo.config import option
 from bpo.io import stable_hash, write_json
-from bpo.toy.model import ModelConfig
+from bpo.toy import model as toy_model
+from bpo.toy.measure import heldout_chair, heldout_pope
+from bpo.toy.model import META_FILE, ModelConfig
 from bpo.toy.safety import SafetyConfig, SafetyWorld
 from bpo.toy.world import World, WorldConfig
 
 # Bump when the recipe's code changes meaningfully: it is part of the cache key.
 # 2: existence-question share and the held-out POPE condition of the early stop (docs/toy.md, "POPE").
 RECIPE_VERSION = 2
-META_FILE = "toy.json"
 
 
 @dataclass
@@ -58,7 +58,9 @@ class RecipeConfig:
     text_lr: float = option(3e-3, help="language-model learning rate")
     align_images: int = option(2000, help="images in the multimodal alignment set (true captions + QA)")
     align_projector_steps: int = option(50, help="alignment steps that train only the projector (LLaVA stage 1)")
-    align_steps: int = option(1000, help="most alignment steps for projector + language model (LLaVA stage 2)")
+    align_steps: int = option(
+        2000, help="most alignment steps for projector + language model (LLaVA stage 2); a cap, the early stop "
+        "ends it. 1000 until 2026-12-01: held-out POPE was still rising there when it ended (docs/toy.md, POPE)")
     align_batch: int = option(32, help="examples per alignment step")
     align_lr: float = option(2e-3, help="alignment learning rate")
     align_text_mix: float = option(0.0, help="fraction of each alignment batch that replays text-only corpus chats")
@@ -66,11 +68,13 @@ class RecipeConfig:
         0.25, help="stop alignment once held-out CHAIR_i <= this (and parse rate >= 0.9); null = run all "
         "steps. 0.25 is about LLaVA-1.5-7B's CHAIR_i on Object HalBench (23.7), where the paper starts")
     align_exist_share: float = option(
-        0.35, help="share of existence (POPE-style) questions in the alignment QA; the other tasks keep their "
-        "relative shares. 0.2 was the first recipe, where the 2-token yes/no answers got ~5% of the loss tokens")
+        0.5, help="share of existence (POPE-style) questions in the alignment QA; the other tasks keep their "
+        "relative shares. 0.2 was the first recipe, where the 2-token yes/no answers got ~5% of the loss tokens; "
+        "0.35 the second (13%), still too little to learn the skill within the cap")
     align_stop_pope: float | None = option(
-        0.85, help="early stop also needs held-out random-split existence accuracy >= this (first-token yes/no); "
-        "null = CHAIR only. 0.85 is about LLaVA-1.5-7B's POPE-random accuracy, where the paper starts")
+        0.9, help="early stop also needs held-out random-split existence accuracy >= this (first-token yes/no); "
+        "null = CHAIR only. The stop fires at the first noisy held-out estimate (96 scenes) to cross it, so the "
+        "eval accuracy lands below: 0.85 (about LLaVA-1.5-7B's POPE-random) gave 0.80 on the eval images")
     align_eval_every: int = option(50, help="held-out evaluation interval (steps) during alignment")
     heldout_images: int = option(96, help="held-out images for the early-stopping check")
 
@@ -87,24 +91,6 @@ def cache_key(world: WorldConfig, recipe: RecipeConfig, safety: SafetyConfig | N
     if safety is not None:  # only then: models built before the safety scenario keep their keys
         key["safety"] = dataclasses.asdict(safety)
     return stable_hash(key)[:16]
-
-
-def load_world(model_dir: str | Path) -> World:
-    """The :class:`World` a pretrained toy model was built for (from its ``toy.json``)."""
-    f = Path(model_dir) / META_FILE
-    if not f.is_file():
-        raise BpoError(f"{model_dir}: not a toy model directory (no {META_FILE}); build one with "
-                       "bpo.toy.pretrain.pretrain()")
-    return World(from_dict(WorldConfig, json.loads(f.read_text())["world"]))
-
-
-def load_safety(model_dir: str | Path) -> SafetyWorld:
-    """The :class:`SafetyWorld` a toy model was pretrained with (``pretrain(..., safety=...)``)."""
-    meta = json.loads((Path(model_dir) / META_FILE).read_text()) if (Path(model_dir) / META_FILE).is_file() else {}
-    if not meta.get("safety"):
-        raise BpoError(f"{model_dir}: not a toy model pretrained with the safety scenario; build one with "
-                       "bpo.toy.pretrain.pretrain(..., safety=SafetyConfig())")
-    return SafetyWorld(load_world(model_dir), from_dict(SafetyConfig, meta["safety"]))
 
 
 def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None = None, *,
@@ -133,7 +119,6 @@ def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None =
 def _run(world: World, recipe: RecipeConfig, out: Path, log, safety: SafetyWorld | None = None) -> dict:
     import torch
 
-    from bpo.toy import model as toy_model
     from bpo.toy.tensors import AlignData, TextData
 
     old_threads = torch.get_num_threads()
@@ -183,11 +168,9 @@ def _save_atomically(model, processor, meta: dict, out: Path) -> None:
     """Write to a fresh sibling temp dir, then rename: a killed run never leaves a half model in the cache."""
     import tempfile
 
-    from bpo.toy.model import save
-
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
     try:
-        save(model, processor, tmp)
+        toy_model.save(model, processor, tmp)
         write_json(tmp / META_FILE, meta)
         shutil.rmtree(out, ignore_errors=True)  # an older copy of the same key (force=True)
         tmp.rename(out)
@@ -314,8 +297,6 @@ def _set_trainable(model, *, vision: bool, projector: bool, language: bool) -> N
 def _align_stage(model, world: World, processor, align, text, recipe: RecipeConfig, log) -> dict:
     """Projector-only steps, then projector + LM, with optional held-out CHAIR early stopping."""
     import torch
-
-    from bpo.toy.tensors import heldout_chair, heldout_pope
 
     torch.manual_seed(recipe.seed + 5)
     gen = torch.Generator().manual_seed(recipe.seed + 6)

@@ -22,7 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.toy.pipeline import StagedRun, TrainBudget, _stats, bpo, log_results, write_outputs
+from bpo.config import from_dict
+from bpo.data.records import read_records
+from bpo.toy.model import load_safety
+from bpo.toy.safety import REFUSAL, SafetyConfig, export_safety
+from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results, mean_std, write_outputs
 
 
 @dataclass
@@ -37,7 +41,7 @@ class SafetyDemoConfig(TrainBudget):
     # which keeps text-side safety from being forgotten during alignment.
     # The safety scenario keeps the first recipe's QA mix and CHAIR-only stop (its documented numbers).
     pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1, "align_exist_share": 0.2,
-                                                              "align_stop_pope": None})
+                                                              "align_stop_pope": None, "align_steps": 1000})
 
 
 SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_tokens=12,
@@ -63,16 +67,10 @@ class SafetySeedRun(StagedRun):
                 "build": self.build_counts, "blind_negatives": self.blind_summary, "timings": self.timings}
 
     def pretrain(self):
-        from bpo.config import from_dict
-        from bpo.toy.pretrain import load_safety
-        from bpo.toy.safety import SafetyConfig
-
         self.model = self.pretrained(safety=from_dict(SafetyConfig, dict(self.cfg.safety)))
         self.sw = load_safety(self.model)
 
     def export(self):
-        from bpo.toy.safety import export_safety
-
         c = self.cfg
         self.data = export_safety(self.sw, self.out / "data", n_pairs=c.n_pairs, benign_fraction=c.benign_fraction,
                                   n_eval=c.n_eval, seed=self.seed)
@@ -147,8 +145,6 @@ class SafetySeedRun(StagedRun):
 
 def exact_rate(responses: Path, records: Path) -> float:
     """Share of responses that are exactly the right answer (refusal, or the compliance naming the object)."""
-    from bpo.data.records import read_records
-
     want = {r.id: r.chosen for r in read_records(records)}
     rows = [json.loads(line) for line in responses.read_text().splitlines() if line.strip()]
     return sum(" ".join(r["response"].split()) == want.get(r["id"]) for r in rows) / max(1, len(rows))
@@ -156,9 +152,6 @@ def exact_rate(responses: Path, records: Path) -> float:
 
 def blind_negative_summary(prefs: Path) -> dict:
     """What the base model says without the image: refusals, compliance, and whether it names the right object."""
-    from bpo.data.records import read_records
-    from bpo.toy.safety import REFUSAL
-
     n = refusals = right = 0
     for rec in read_records(prefs):
         for neg in rec.rejected:
@@ -193,7 +186,7 @@ def value(result: dict, set_name: str, metric: str) -> float | None:
 def summarize(seed_results: list[dict]) -> dict:
     table = {}
     for name in seed_results[0]["results"]:
-        table[name] = {label: _stats([value(sr["results"][name], s, m) for sr in seed_results])
+        table[name] = {label: mean_std([value(sr["results"][name], s, m) for sr in seed_results])
                        for label, _, s, m, _ in METRICS}
     return table
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bpo.toy import verdicts as V
+from bpo.toy.hallucination_demo import SeedRun, demo_config
 
 TUNING_SEED = 100
 GRID = {  # recipe -> learning rates tried (steps, beta fixed: see the module docstring)
@@ -60,7 +61,6 @@ def select(seed_results: list[dict], grid: dict = GRID) -> dict:
 
 def run(args, out: Path) -> int:
     from bpo.io import atomic_write, write_json
-    from bpo.toy.pipeline import SeedRun, demo_config
 
     cfg = demo_config(args)
     variants, recipes = grid_variants()
@@ -91,5 +91,5 @@ def run(args, out: Path) -> int:
     write_json(out / "sweep.json", {"seeds": seeds, "choice": choice, "wall_s": wall,
                                     "timings": [r["timings"] for r in results]})
     print("\n".join(lines))
-    print(f"\nsweep: {out / 'sweep.json'} (freeze the chosen values in bpo/toy/pipeline.py RECIPES)")
+    print(f"\nsweep: {out / 'sweep.json'} (freeze the chosen values in bpo/toy/hallucination_demo.py RECIPES)")
     return 0

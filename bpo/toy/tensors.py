@@ -205,27 +205,3 @@ def greedy_captions(model, processor, pixels: torch.Tensor, prompt: str = DESCRI
         out += processor.tokenizer.batch_decode(gen[:, inp.shape[1]:], skip_special_tokens=True)
     model.train(was_training)
     return out
-
-
-def heldout_chair(model, world: World, processor, n: int) -> tuple[float, float]:
-    """(CHAIR_i, parse rate) of greedy captions on ``n`` held-out scenes."""
-    from bpo.toy.measure import chair_scores
-
-    scenes = [world.scene("heldout", i) for i in range(n)]
-    pixels = pixel_tensor(np.stack([world.render(s) for s in scenes]), processor)
-    caps = greedy_captions(model, processor, pixels)
-    scores = chair_scores(caps, [s.names for s in scenes], world.kinds)
-    return scores["chair_i"], scores["parse_rate"]
-
-
-def heldout_pope(model, world: World, processor, n: int) -> float:
-    """First-token yes/no accuracy on the random-split existence questions of ``n`` held-out scenes."""
-    from bpo.toy.measure import pope_scores
-
-    scenes = [world.scene("heldout", i) for i in range(n)]
-    was_training = model.training
-    model.eval()
-    try:
-        return pope_scores(model, processor, world, scenes, splits=("random",))["random"]["accuracy"]
-    finally:
-        model.train(was_training)

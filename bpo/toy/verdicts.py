@@ -24,21 +24,6 @@ import numpy as np
 HOLDS, FAILS, UNRESOLVED = "holds", "fails", "unresolved"
 
 
-def image_counts(responses: dict[str, str], truths: dict[str, Sequence[str]], kinds: Sequence[str]) -> np.ndarray:
-    """``[n_images, 4]`` int array (hallucinated, mentioned, hits, true) in ``truths`` order.
-
-    A missing response counts as an empty caption (nothing mentioned, nothing recalled).
-    """
-    from bpo.toy.measure import mentioned_objects
-
-    rows = []
-    for rid, truth in truths.items():
-        ment = mentioned_objects(responses.get(rid, ""), kinds)
-        truth = set(truth)
-        rows.append((sum(m not in truth for m in ment), len(ment), len(truth & set(ment)), len(truth)))
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
-
-
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """Ratio of sums along the last axis; 0 where the denominator is 0 (as ``chair_scores``)."""
     n, d = num.sum(-1).astype(float), den.sum(-1).astype(float)

@@ -8,7 +8,8 @@ import pytest
 @pytest.fixture(scope="session")
 def micro_world(tmp_path_factory):
     from bpo.toy.data import export
-    from bpo.toy.pretrain import load_world, pretrain
+    from bpo.toy.model import load_world
+    from bpo.toy.pretrain import pretrain
     from bpo.toy.world import WorldConfig
     from tests.toy.conftest import micro_recipe
 

@@ -6,7 +6,8 @@ import json
 import time
 
 from bpo.config import load_config
-from bpo.toy.pretrain import META_FILE, RecipeConfig, cache_key, load_world, pretrain
+from bpo.toy.model import META_FILE, load_world
+from bpo.toy.pretrain import RecipeConfig, cache_key, pretrain
 from bpo.toy.world import WorldConfig
 
 
@@ -61,10 +62,10 @@ def test_recipe_loads_from_yaml_with_nested_overrides(tmp_path):
 
 def test_early_stop_waits_for_heldout_pope(tmp_path, micro_recipe, monkeypatch):
     """With captioning already "grounded" (patched held-out CHAIR 0, parse 1), the stop waits for held-out POPE."""
-    import bpo.toy.tensors as tensors
+    import bpo.toy.pretrain as toy_pretrain
 
-    monkeypatch.setattr(tensors, "heldout_chair", lambda *a: (0.0, 1.0))
-    monkeypatch.setattr(tensors, "heldout_pope", lambda *a: 0.8)
+    monkeypatch.setattr(toy_pretrain, "heldout_chair", lambda *a: (0.0, 1.0))
+    monkeypatch.setattr(toy_pretrain, "heldout_pope", lambda *a: 0.8)
     lines: list[str] = []
 
     def align(**kw):

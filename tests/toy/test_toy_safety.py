@@ -7,7 +7,8 @@ import json
 import pytest
 
 from bpo.errors import BpoError
-from bpo.toy.pretrain import cache_key, load_safety, pretrain
+from bpo.toy.model import load_safety
+from bpo.toy.pretrain import cache_key, pretrain
 from bpo.toy.safety import (
     EVAL_SETS,
     FRAMES,
@@ -164,10 +165,11 @@ def test_pretrain_with_safety_has_its_own_key_and_reloads(tmp_path, micro_recipe
     small = SafetyConfig(text_requests=30, align_requests=6)
     assert cache_key(WorldConfig(), recipe) == cache_key(WorldConfig(), recipe, None)
     # The default demo model's key is pinned: it changes only deliberately (recipe v2, POPE that works,
-    # moved it from d7c4206c55ca2577; update it when the recipe changes on purpose).
+    # moved it from d7c4206c55ca2577; the second POPE round (existence share 0.5, cap 2000, stop 0.9) from
+    # 8b54931d0c119759; update it when the recipe changes on purpose).
     from bpo.toy.pretrain import RecipeConfig
 
-    assert cache_key(WorldConfig(), RecipeConfig()) == "8b54931d0c119759"
+    assert cache_key(WorldConfig(), RecipeConfig()) == "2b3b83ed7ccfbbeb"
     assert cache_key(WorldConfig(), recipe, small) != cache_key(WorldConfig(), recipe)
     res = pretrain(WorldConfig(), recipe, safety=small, cache_root=tmp_path, log=lambda s: None)
     meta = json.loads((res.path / "toy.json").read_text())
@@ -177,3 +179,17 @@ def test_pretrain_with_safety_has_its_own_key_and_reloads(tmp_path, micro_recipe
     plain = pretrain(WorldConfig(), recipe, cache_root=tmp_path, log=lambda s: None)
     with pytest.raises(BpoError, match="not a toy model pretrained with the safety scenario"):
         load_safety(plain.path)
+
+
+def test_safety_and_iterative_demos_keep_their_models_when_the_default_recipe_moves():
+    """Their overrides pin the first recipe's QA mix, stop and cap: the documented numbers were measured on these."""
+    from bpo.config import from_dict
+    from bpo.toy.iterative_demo import IterativeDemoConfig
+    from bpo.toy.pretrain import RecipeConfig
+    from bpo.toy.safety_demo import SafetyDemoConfig
+
+    sc, ic = SafetyDemoConfig(), IterativeDemoConfig()
+    safety = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **sc.pretrain_overrides}),
+                       from_dict(SafetyConfig, dict(sc.safety)))
+    iterative = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **ic.pretrain_overrides}))
+    assert (safety, iterative) == ("3fe2f1d3c11d4677", "80c3bd492bd90e91")

@@ -10,26 +10,19 @@ command line a user could type; the toy only supplies the world, the model and t
 from __future__ import annotations
 
 import json
-import shlex
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpo.errors import BpoError
-
-
-@dataclass
-class TrainBudget:
-    """The training budget each toy demo gives every variant alike, declared once for all three demos."""
-
-    train_steps: int = 60
-    batch_size: int = 16
-    lr: float = 2e-3
-    lora_r: int = 16
-    beta: float = 0.1
-    sft_weight: float = 1.0
-    max_new_tokens: int = 24
+from bpo.data.records import read_records, write_records
+from bpo.toy.chair import image_counts
+from bpo.toy.claims import check_claims, claim_line
+from bpo.toy.data import _image_rel, export
+from bpo.toy.docs_tables import format_table, summarize, write_docs, write_report
+from bpo.toy.measure import existence_prior, noise_curve, prior_pull
+from bpo.toy.model import load_world
+from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results
+from bpo.toy.world import parse_caption
 
 
 @dataclass
@@ -64,8 +57,9 @@ FAST = dict(n_train=32, n_eval=16, n_pope=8, train_steps=4, batch_size=8, max_ne
 # SFT and reg-BPO have equal budgets). paper: the Bootstrapped-PO paper's objective, plain sigmoid DPO
 # with LoRA and no NLL term.
 RECIPES = {
-    "reg": dict(lr=1e-3, steps=60, beta=0.1, sft_weight=1.0),  # sweep choice (2026-12-01)
-    "paper": dict(lr=2e-4, steps=60, beta=0.1, sft_weight=0.0),  # no lr met the criterion: the highest-recall one
+    # sweep choices on the POPE-round-2 base models (2026-12-01, tuning seed 100 only; docs/toy.md)
+    "reg": dict(lr=2e-3, steps=60, beta=0.1, sft_weight=1.0),
+    "paper": dict(lr=2e-4, steps=60, beta=0.1, sft_weight=0.0),  # met the criterion this time
 }
 
 # variant -> (data key, train overrides, recipe). Same batch and LoRA for all.
@@ -80,53 +74,6 @@ VARIANTS = {
 }
 # recipe -> (its BPO variant, its self-negative variant) for the claims
 RECIPE_VARIANTS = {"reg": ("bpo_weakened", "dpo_self"), "paper": ("paper_weakened", "paper_self")}
-
-
-def bpo(*args) -> None:
-    """Run one public ``bpo`` command in-process, exactly as typed on a shell."""
-    from bpo.cli import main as cli
-
-    argv = [str(a) for a in args]
-    code = cli(argv)
-    if code != 0:
-        raise BpoError(f"demo stage failed: bpo {shlex.join(argv)} (exit {code})")
-
-
-class StagedRun:
-    """One seed of a demo: its output folder, and each stage timed and logged (shared by both scenarios)."""
-
-    def __init__(self, cfg, out: Path, seed: int, log):
-        self.cfg, self.out, self.seed, self.log = cfg, out / f"seed-{seed}", seed, log
-        self.timings: dict[str, float] = {}
-
-    def _timed(self, name, fn, *a, **k):
-        t0 = time.perf_counter()
-        result = fn(*a, **k)
-        self.timings[name] = round(time.perf_counter() - t0, 1)
-        self.log(f"  [seed {self.seed}] {name}: {self.timings[name]}s")
-        return result
-
-    def pretrained(self, safety=None) -> Path:
-        """The toy model for this seed (``cfg.pretrain_overrides``, optional ``world`` key), cached."""
-        from bpo.config import from_dict
-        from bpo.toy.pretrain import RecipeConfig, pretrain
-        from bpo.toy.world import WorldConfig
-
-        over = dict(self.cfg.pretrain_overrides)
-        world_cfg = from_dict(WorldConfig, over.pop("world", {}))
-        recipe = from_dict(RecipeConfig, {"seed": self.seed, **over})
-        return pretrain(world_cfg, recipe, safety=safety, log=lambda s: self.log("  " + s)).path
-
-    def train(self, name: str, data: Path, image_root: Path, *extra: str) -> Path:
-        """``bpo train`` with the demo's shared budget (steps, batch, LR, LoRA, beta, NLL weight): equal for all
-        variants, which differ only in ``extra``."""
-        c, out = self.cfg, self.out / "runs" / name
-        bpo("train", f"model.name={self.model}", f"data.train={data}", f"data.image_root={image_root}",
-            f"run.output_dir={out}", f"run.max_steps={c.train_steps}", f"run.batch_size={c.batch_size}",
-            f"optim.lr={c.lr}", "optim.warmup_steps=0", f"lora.r={c.lora_r}", f"lora.alpha={2 * c.lora_r}",
-            "lora.dropout=0.0", f"loss.beta={c.beta}", f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}",
-            "run.progress=false", "run.tensorboard=false", "run.resume=none", *extra)
-        return out
 
 
 class SeedRun(StagedRun):
@@ -146,15 +93,11 @@ class SeedRun(StagedRun):
         self.model = self.pretrained()
 
     def export(self):
-        from bpo.toy.data import export
-        from bpo.toy.pretrain import load_world
 
         self.world = load_world(self.model)
         self.data = export(self.world, self.out / "data", n_train=self.cfg.n_train, n_eval=self.cfg.n_eval,
                            eval_split=self.cfg.eval_split)
         # POPE on the first n_pope eval images (its questions are ~12x the images: the slow part of evaluation)
-        from bpo.data.records import read_records, write_records
-
         keep = {f"{self.cfg.eval_split}-{i:06d}" for i in range(self.cfg.n_pope)}
         self.pope = self.out / "data" / "pope_subset.jsonl"
         write_records(self.pope, [r for r in read_records(self.data.pope) if r.id.rsplit("-", 2)[0] in keep])
@@ -181,7 +124,6 @@ class SeedRun(StagedRun):
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
         from bpo.models.loading import load
-        from bpo.toy.measure import prior_pull
 
         d, c = self.data, self.cfg
         ev = self.out / "eval" / name
@@ -202,7 +144,9 @@ class SeedRun(StagedRun):
         model, processor = load(str(self.model), adapter=str(adapter) if adapter else None)
         scenes = [self.world.scene(c.eval_split, i) for i in range(c.n_eval)]
         pull = prior_pull(model, processor, self.world, scenes)
-        return {"chair": chair, "pope": pope, "pull": pull, "parse_rate": _parse_rate(self.world, ev),
+        prior = existence_prior(model, processor, self.world, scenes[: c.n_pope])  # the prior in yes/no answers
+        return {"chair": chair, "pope": pope, "pull": pull, "existence_prior": prior,
+                "parse_rate": _parse_rate(self.world, ev),
                 "counts": _counts(self.world, ev, scenes)}
 
     def evaluate_all(self) -> dict:
@@ -213,7 +157,6 @@ class SeedRun(StagedRun):
 
     def analyze(self):
         from bpo.models.loading import load
-        from bpo.toy.measure import noise_curve
 
         runs = [self.runs[v] for v in self.cfg.variants]
         bpo("analyze", "curves", *runs, "--out", self.out / "plots" / "curves", "--labels", ",".join(self.cfg.variants),
@@ -221,8 +164,6 @@ class SeedRun(StagedRun):
         model, processor = load(str(self.model))
         scenes = [self.world.scene(self.cfg.eval_split, i) for i in range(self.cfg.n_eval)]
         self.noise = noise_curve(model, processor, self.world, scenes, self.cfg.noise_steps, seed=self.seed)
-        from bpo.toy.verdicts import image_counts
-
         truths = {s.id: s.names for s in scenes}
         for row in self.noise:  # per-image counts for the paired bootstrap; the captions stay in the files
             row["counts"] = image_counts(dict(zip(truths, row.pop("captions"))), truths, self.world.kinds).tolist()
@@ -230,8 +171,6 @@ class SeedRun(StagedRun):
 
     def _token_probe(self, scenes):
         """Fig. 5 analog through `bpo analyze noise`: after "a A and a", the partner's colour vs another absent one."""
-        from bpo.toy.data import _image_rel
-
         world = self.world
         for scene in scenes:
             a = next((n for n in scene.names if world.partner[n] not in scene.names), None)
@@ -253,114 +192,15 @@ class SeedRun(StagedRun):
 
 def _counts(world, ev: Path, scenes) -> list[list[int]]:
     """Per eval image (hallucinated, mentioned, hits, true) of the generated captions, for the bootstrap."""
-    from bpo.toy.verdicts import image_counts
-
     rows = [json.loads(line) for line in (ev / "chair_responses.jsonl").read_text().splitlines()]
     return image_counts({r["id"]: r["response"] for r in rows}, {s.id: s.names for s in scenes},
                         world.kinds).tolist()
 
 
 def _parse_rate(world, ev: Path) -> float:
-    from bpo.toy.world import parse_caption
-
     rows = [json.loads(line) for line in (ev / "chair_responses.jsonl").read_text().splitlines()]
     ok = sum(parse_caption(r["response"], world.kinds) is not None for r in rows)
     return ok / max(1, len(rows))
-
-
-# ---- summary ------------------------------------------------------------------------------------------
-METRICS = [("CHAIR_s", lambda r: r["chair"]["chair_s"]), ("CHAIR_i", lambda r: r["chair"]["chair_i"]),
-           ("recall", lambda r: r["chair"]["recall"]), ("objects", lambda r: r["chair"]["objects_per_response"]),
-           ("POPE acc", lambda r: r["pope"]["accuracy"]), ("POPE F1", lambda r: r["pope"]["f1"]),
-           ("POPE rand acc", lambda r: r["pope"]["per_split"]["random"]["accuracy"]),
-           ("POPE adv acc", lambda r: r["pope"]["per_split"]["adversarial"]["accuracy"]),
-           ("POPE adv yes", lambda r: r["pope"]["per_split"]["adversarial"]["yes_ratio"]),
-           ("pull", lambda r: r["pull"]["pull"]), ("parse", lambda r: r["parse_rate"])]
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return float("nan"), float("nan")
-    return statistics.fmean(vals), (statistics.pstdev(vals) if len(vals) > 1 else 0.0)
-
-
-def summarize(seed_results: list[dict]) -> dict:
-    names = list(seed_results[0]["results"])
-    table = {}
-    for name in names:
-        table[name] = {}
-        for label, get in METRICS:
-            vals = []
-            for sr in seed_results:
-                try:
-                    vals.append(get(sr["results"][name]))
-                except (KeyError, TypeError):
-                    vals.append(None)
-            table[name][label] = _stats(vals)
-    return table
-
-
-def format_table(table: dict) -> str:
-    labels = [m for m, _ in METRICS]
-    head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-    rows = []
-    for name, vals in table.items():
-        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
-                 for m, s in (vals[label] for label in labels)]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows)
-
-
-def write_report(out: Path, cfg: DemoConfig, seed_results: list[dict], table: dict, claims: list[dict],
-                 wall: float) -> Path:
-    from bpo.toy.claims import claim_line
-    from bpo.toy.docs_tables import machine_line
-
-    lines = ["# bpo demo: Bootstrapped PO in the toy world", "",
-             f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; {cfg.n_eval} {cfg.eval_split} images; "
-             f"wall time {wall:.0f}s; {machine_line()}. "
-             "Mean ± std over seeds. CHAIR_i / CHAIR_s: lower is better; recall, POPE: higher is better; "
-             "*pull* = P(partner | \"a A and a\") with the partner absent from the image (the prior's grip; "
-             "lower is better); *parse* = share of captions in the world's grammar.", "",
-             format_table(table), "", "## The paper's claims, measured", ""]
-    lines += ["Verdicts: 95% paired bootstrap over images (resampled within each seed, averaged over seeds); "
-              "holds / fails when the interval excludes the threshold on the claimed / the other side, "
-              "otherwise unresolved.", ""]
-    for c in claims:
-        lines += [f"- {claim_line(c)}"]
-    pope_acc = [table[name]["POPE acc"][0] for name in table]
-    if all(abs(a - 0.5) <= 0.1 for a in pope_acc if a == a):
-        lines += ["", "Note: POPE accuracy is at chance (0.5 +- 0.1) for every model, so the POPE columns carry "
-                      "no signal in this run (see docs/toy.md, POPE)."]
-    lines += ["", "## Noise sweep of the base model (CHAIR_i of greedy captions per diffusion step)", "",
-              "| seed | " + " | ".join(f"t={r['t']}" for r in seed_results[0]["noise"]) + " |",
-              "|---|" + "---|" * len(seed_results[0]["noise"])]
-    for sr in seed_results:
-        lines.append(f"| {sr['seed']} | " + " | ".join(f"{r['chair_i']:.3f}" for r in sr["noise"]) + " |")
-    plots = ("Plots: `seed-*/plots/curves/*.png` (log-probs, rewards, margins per source over steps) and "
-             "`seed-*/plots/noise/` (probability of the partner's colour vs another absent colour after "
-             "\"a A and a\" as the noise step grows, with the answers per step).")
-    return write_outputs(out, lines, plots, cfg, seed_results, table, claims, wall)
-
-
-def write_outputs(out: Path, lines: list[str], plots: str, cfg, seed_results: list[dict], table: dict,
-                  claims: list[dict], wall: float) -> Path:
-    """Finish a demo report (setup, stage timings, plots) and write ``report.md`` and ``summary.json``."""
-    from bpo.io import atomic_write, write_json
-
-    lines = lines + ["", "## Setup", "", "```json", json.dumps(cfg.__dict__, indent=1, default=str), "```", "",
-                     "Per-seed stage timings (s): " + "; ".join(f"seed {s['seed']}: {s['timings']}"
-                                                                for s in seed_results), "", plots]
-    report = out / "report.md"
-    with atomic_write(report) as fh:
-        fh.write("\n".join(lines) + "\n")
-    from bpo.toy.docs_tables import machine_info
-
-    write_json(out / "summary.json", {"config": cfg.__dict__, "table": table, "claims": claims,
-                                      "seeds": seed_results, "wall_s": wall, "machine": machine_info(),
-                                      "command": getattr(cfg, "command", "bpo demo")})
-    return report
 
 
 STUDY = dict(n_eval=300, n_pope=100)  # `--study`: with --seeds 5 (the default of --study)
@@ -401,8 +241,6 @@ def command_line(args) -> str:
 def main(args, out: Path) -> int:
     import torch
 
-    from bpo.toy.claims import check_claims, claim_line
-
     cfg = demo_config(args)
     cfg.command = command_line(args)
     if getattr(args, "threads", None):
@@ -421,16 +259,8 @@ def main(args, out: Path) -> int:
     report = write_report(out, cfg, results, table, claims, wall)
     log_results(log, format_table(table), [claim_line(c) for c in claims], report, out, wall)
     if getattr(args, "write_docs", False):
-        from bpo.toy.docs_tables import write_docs
-
         for f in write_docs(out / "summary.json"):
             log(f"wrote the demo tables into {f}")
     return 0
 
 
-def log_results(log, table_text: str, claim_lines: list[str], report: Path, out: Path, wall: float) -> None:
-    """The end of a demo run on the terminal: the table, each claim with its numbers, where the files are."""
-    log("\n" + table_text + "\n")
-    for line in claim_lines:
-        log(line)
-    log(f"\nreport: {report}\nsummary: {out / 'summary.json'}\nwall time: {wall:.0f}s")
