@@ -47,8 +47,8 @@ def test_chair_scores_empty_inputs():
 
 def test_toy_chair_agrees_with_bpo_eval_chair(tmp_path):
     """The exported vocabulary makes bpo.eval.chair count exactly what the toy measure counts."""
-    from bpo.eval.chair import chair_item
     from bpo.data.objects import Vocabulary
+    from bpo.eval.chair import chair_item
     from bpo.toy.data import chair_vocabulary
     from bpo.toy.world import World
 
