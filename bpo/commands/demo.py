@@ -117,21 +117,24 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     if args.quick:
         return run_quick(out, args.steps)
+    # the toy demos run the public commands through the face's own dispatcher
+    from bpo.cli import main as cli_main
+
     if args.scenario == "iterative":
         from bpo.toy import iterative_demo
 
-        return iterative_demo.main(args, out)
+        return iterative_demo.main(args, out, cli_main)
     if args.scenario == "safety":
         from bpo.toy import safety_demo
 
-        return safety_demo.main(args, out)
+        return safety_demo.main(args, out, cli_main)
     if args.sweep:
         from bpo.toy import sweep
 
-        return sweep.run(args, out)
+        return sweep.run(args, out, cli_main)
     from bpo.toy import hallucination_demo
 
-    return hallucination_demo.main(args, out)
+    return hallucination_demo.main(args, out, cli_main)
 
 
 def check(argv: list[str]) -> None:

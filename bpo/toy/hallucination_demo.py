@@ -21,7 +21,7 @@ from bpo.toy.data import _image_rel, export
 from bpo.toy.docs_tables import format_table, summarize, write_docs, write_report
 from bpo.toy.measure import existence_prior, noise_curve, prior_pull
 from bpo.toy.model import load_world
-from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results
+from bpo.toy.stages import StagedRun, TrainBudget, log_results
 from bpo.toy.world import parse_caption
 
 
@@ -108,10 +108,10 @@ class SeedRun(StagedRun):
                   c.max_new_tokens, "--seed", self.seed, "--no-progress"]
         self.files = {"train": d.train, "weak": self.out / "weak.jsonl", "weak_inj": self.out / "weak_inj.jsonl",
                       "self": self.out / "self.jsonl"}
-        bpo("bootstrap", "weaken", "--data", d.train, "--out", self.files["weak"], "--steps", c.weaken_step, *common)
-        bpo("bootstrap", "inject", "--backend", "rules", "--lm", d.vocab, "--data", self.files["weak"], "--out",
+        self.bpo("bootstrap", "weaken", "--data", d.train, "--out", self.files["weak"], "--steps", c.weaken_step, *common)
+        self.bpo("bootstrap", "inject", "--backend", "rules", "--lm", d.vocab, "--data", self.files["weak"], "--out",
             self.files["weak_inj"], "--seed", self.seed, "--no-progress")
-        bpo("bootstrap", "self", "--data", d.train, "--out", self.files["self"], *common)
+        self.bpo("bootstrap", "self", "--data", d.train, "--out", self.files["self"], *common)
 
     def train_all(self):
         self.runs = {}
@@ -133,12 +133,12 @@ class SeedRun(StagedRun):
             shutil.rmtree(ev, ignore_errors=True)
         ad = ["--adapter", adapter] if adapter else []
         gen = ["--model", self.model, *ad, "--image-root", d.image_root, "--batch-size", 64, "--no-progress"]
-        bpo("generate", "--data", d.chair, "--out", ev / "chair_responses.jsonl", *gen,
+        self.bpo("generate", "--data", d.chair, "--out", ev / "chair_responses.jsonl", *gen,
             "--max-new-tokens", c.max_new_tokens)
-        bpo("eval", "chair", "--responses", ev / "chair_responses.jsonl", "--gt", d.chair, "--vocab", d.vocab,
+        self.bpo("eval", "chair", "--responses", ev / "chair_responses.jsonl", "--gt", d.chair, "--vocab", d.vocab,
             "--out", ev / "chair.json", "--model", self.model, *(["--adapter", adapter] if adapter else []))
-        bpo("generate", "--data", self.pope, "--out", ev / "pope_responses.jsonl", *gen, "--max-new-tokens", 4)
-        bpo("eval", "pope", "--responses", ev / "pope_responses.jsonl", "--gt", self.pope, "--out", ev / "pope.json")
+        self.bpo("generate", "--data", self.pope, "--out", ev / "pope_responses.jsonl", *gen, "--max-new-tokens", 4)
+        self.bpo("eval", "pope", "--responses", ev / "pope_responses.jsonl", "--gt", self.pope, "--out", ev / "pope.json")
         chair = json.loads((ev / "chair.json").read_text())["metrics"]
         pope = json.loads((ev / "pope.json").read_text())["metrics"]
         model, processor = load(str(self.model), adapter=str(adapter) if adapter else None)
@@ -159,7 +159,7 @@ class SeedRun(StagedRun):
         from bpo.models.loading import load
 
         runs = [self.runs[v] for v in self.cfg.variants]
-        bpo("analyze", "curves", *runs, "--out", self.out / "plots" / "curves", "--labels", ",".join(self.cfg.variants),
+        self.bpo("analyze", "curves", *runs, "--out", self.out / "plots" / "curves", "--labels", ",".join(self.cfg.variants),
             "--window", max(1, self.cfg.train_steps // 10))
         model, processor = load(str(self.model))
         scenes = [self.world.scene(self.cfg.eval_split, i) for i in range(self.cfg.n_eval)]
@@ -183,7 +183,7 @@ class SeedRun(StagedRun):
             if other is None:
                 continue
             steps = ",".join(str(t) for t in self.cfg.noise_steps)
-            bpo("analyze", "noise", "--model", self.model, "--image", self.data.image_root / _image_rel(scene),
+            self.bpo("analyze", "noise", "--model", self.model, "--image", self.data.image_root / _image_rel(scene),
                 "--prompt", "describe the image .", "--prefix", f"a {a} and a", "--targets",
                 f"{partner.split()[0]},{other}", "--steps", steps, "--samples", 2, "--seed", self.seed,
                 "--max-new-tokens", self.cfg.max_new_tokens, "--out", self.out / "plots" / "noise")
@@ -238,7 +238,7 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
-def main(args, out: Path) -> int:
+def main(args, out: Path, run_command) -> int:
     import torch
 
     cfg = demo_config(args)
@@ -252,7 +252,7 @@ def main(args, out: Path) -> int:
     log(f"bpo demo: toy-world Bootstrapped PO, seed(s) {seeds}, {cfg.n_eval} eval images, outputs in {out}")
     results = []
     for seed in seeds:
-        results.append(SeedRun(cfg, out, seed, log).run())
+        results.append(SeedRun(cfg, out, seed, log, run_command).run())
     table = summarize(results)
     claims = check_claims(results, out, RECIPE_VARIANTS, n_boot=cfg.n_boot)
     wall = time.perf_counter() - t0

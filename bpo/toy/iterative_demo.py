@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpo.toy.model import load_world
-from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results, write_outputs
+from bpo.toy.stages import StagedRun, TrainBudget, log_results, write_outputs
 
 
 @dataclass
@@ -72,7 +72,7 @@ class IterativeSeedRun(StagedRun):
                 f"train.loss.sft_weight={c.sft_weight}", "train.run.tensorboard=false"]
 
     def iterate(self):
-        bpo("iterate", *self.overrides())
+        self.bpo("iterate", *self.overrides())
 
     def report(self) -> dict:
         """The iterate report again, with the toy's exact prior pull per round (a forward pass per image)."""
@@ -114,7 +114,7 @@ def write_report(out: Path, cfg: IterativeDemoConfig, seed_results: list[dict], 
     return write_outputs(out, lines, plots, cfg, seed_results, {}, claims, wall)
 
 
-def main(args, out: Path) -> int:
+def main(args, out: Path, run_command) -> int:
     cfg = IterativeDemoConfig(**(ITERATIVE_FAST if getattr(args, "fast", False) else {}))
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(getattr(args, "seeds", None) or 1))
@@ -122,7 +122,7 @@ def main(args, out: Path) -> int:
     log = print
     log(f"bpo demo --scenario iterative: {cfg.rounds} rounds of Bootstrapped PO, {len(seeds)} seed(s), "
         f"outputs in {out}")
-    results = [IterativeSeedRun(cfg, out, seed, log).run() for seed in seeds]
+    results = [IterativeSeedRun(cfg, out, seed, log, run_command).run() for seed in seeds]
     wall = time.perf_counter() - t0
     report = write_report(out, cfg, results, wall)
     log_results(log, _table(results), [f"seed {c['seed']}: {c['text']}" for c in

@@ -26,7 +26,7 @@ from bpo.config import from_dict
 from bpo.data.records import read_records
 from bpo.toy.model import load_safety
 from bpo.toy.safety import REFUSAL, SafetyConfig, export_safety
-from bpo.toy.stages import StagedRun, TrainBudget, bpo, log_results, mean_std, write_outputs
+from bpo.toy.stages import StagedRun, TrainBudget, log_results, mean_std, write_outputs
 
 
 @dataclass
@@ -77,14 +77,14 @@ class SafetySeedRun(StagedRun):
 
     def build(self):
         self.mmsafe = self.out / "mmsafe.jsonl"
-        bpo("safety", "build", "--pairs", self.data.pairs, "--index", self.data.index, "--image-root",
+        self.bpo("safety", "build", "--pairs", self.data.pairs, "--index", self.data.index, "--image-root",
             self.data.image_root, "--out", self.mmsafe, "--seed", self.seed)
         report = json.loads((self.out / "build_report.json").read_text())
         self.build_counts = {k: report[k] for k in ("rows_read", "written", "filtered") if k in report}
 
     def blind(self):
         self.prefs = self.out / "prefs.jsonl"
-        bpo("bootstrap", "blind", "--model", self.model, "--data", self.mmsafe, "--image-root", self.data.image_root,
+        self.bpo("bootstrap", "blind", "--model", self.model, "--data", self.mmsafe, "--image-root", self.data.image_root,
             "--out", self.prefs, "--batch-size", 64, "--max-new-tokens", self.cfg.max_new_tokens, "--seed", self.seed,
             "--no-progress")
         self.blind_summary = blind_negative_summary(self.prefs)
@@ -96,7 +96,7 @@ class SafetySeedRun(StagedRun):
     def curves(self):
         """Log-probs of chosen, human and blind negatives over training (Blind-PO's training analysis)."""
         names = list(self.runs)
-        bpo("analyze", "curves", *(self.runs[n] for n in names), "--out", self.out / "plots" / "curves",
+        self.bpo("analyze", "curves", *(self.runs[n] for n in names), "--out", self.out / "plots" / "curves",
             "--labels", ",".join(names), "--window", max(1, self.cfg.train_steps // 10))
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
@@ -109,9 +109,9 @@ class SafetySeedRun(StagedRun):
         out = {}
         for set_name, path in self.data.eval.items():
             responses = ev / f"{set_name}_responses.jsonl"
-            bpo("generate", "--model", self.model, *ad, "--data", path, "--image-root", self.data.image_root,
+            self.bpo("generate", "--model", self.model, *ad, "--data", path, "--image-root", self.data.image_root,
                 "--out", responses, "--batch-size", 64, "--max-new-tokens", self.cfg.max_new_tokens, "--no-progress")
-            bpo("eval", "safety", "--responses", responses, "--records", path, "--judge", "refusal",
+            self.bpo("eval", "safety", "--responses", responses, "--records", path, "--judge", "refusal",
                 "--out", ev / f"{set_name}_safety.json")
             report = json.loads((ev / f"{set_name}_safety.json").read_text())
             out[set_name] = {"safety_rate": report["metrics"]["safety_rate"], "exact": exact_rate(responses, path),
@@ -125,7 +125,7 @@ class SafetySeedRun(StagedRun):
     def modality(self, ev: Path, ad: list) -> dict:
         """`bpo analyze modality` on the hazardous set: co-defense from the answers above, and the cheating
         probe, which swaps a benign image into every refused request and asks the model again."""
-        bpo("analyze", "modality", "--records", self.data.eval["mm_hazard"], "--image-root", self.data.image_root,
+        self.bpo("analyze", "modality", "--records", self.data.eval["mm_hazard"], "--image-root", self.data.image_root,
             "--text-responses", ev / "text_hazard_responses.jsonl", "--multimodal-responses",
             ev / "mm_hazard_responses.jsonl", "--blind-responses", ev / "blind_hazard_responses.jsonl",
             "--benign-images", self.data.benign_images, "--model", self.model, *ad, "--judge", "refusal",
@@ -309,14 +309,14 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
     return write_outputs(out, lines, plots, cfg, seed_results, table, claims, wall)
 
 
-def main(args, out: Path) -> int:
+def main(args, out: Path, run_command) -> int:
     cfg = SafetyDemoConfig(**(SAFETY_FAST if getattr(args, "fast", False) else {}))
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(getattr(args, "seeds", None) or 1))
     t0 = time.perf_counter()
     log = print
     log(f"bpo demo --scenario safety: toy-world Blind PO, {len(seeds)} seed(s), outputs in {out}")
-    results = [SafetySeedRun(cfg, out, seed, log).run() for seed in seeds]
+    results = [SafetySeedRun(cfg, out, seed, log, run_command).run() for seed in seeds]
     table = summarize(results)
     claims = check_targets(results)
     wall = time.perf_counter() - t0

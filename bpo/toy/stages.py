@@ -13,10 +13,10 @@ import platform
 import shlex
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpo.cli import main as cli
 from bpo.config import from_dict
 from bpo.errors import BpoError
 from bpo.io import atomic_write, write_json
@@ -37,20 +37,21 @@ class TrainBudget:
     max_new_tokens: int = 24
 
 
-def bpo(*args) -> None:
-    """Run one public ``bpo`` command in-process, exactly as typed on a shell."""
-    argv = [str(a) for a in args]
-    code = cli(argv)
-    if code != 0:
-        raise BpoError(f"demo stage failed: bpo {shlex.join(argv)} (exit {code})")
-
-
 class StagedRun:
     """One seed of a demo: its output folder, and each stage timed and logged (shared by both scenarios)."""
 
-    def __init__(self, cfg, out: Path, seed: int, log):
+    def __init__(self, cfg, out: Path, seed: int, log, run_command: Callable[[list[str]], int]):
         self.cfg, self.out, self.seed, self.log = cfg, out / f"seed-{seed}", seed, log
+        # The face (``bpo demo``) hands down its own dispatcher, so the toy never imports the CLI above it.
+        self.run_command = run_command
         self.timings: dict[str, float] = {}
+
+    def bpo(self, *args) -> None:
+        """Run one public ``bpo`` command in-process, exactly as typed on a shell."""
+        argv = [str(a) for a in args]
+        code = self.run_command(argv)
+        if code != 0:
+            raise BpoError(f"demo stage failed: bpo {shlex.join(argv)} (exit {code})")
 
     def _timed(self, name, fn, *a, **k):
         t0 = time.perf_counter()
@@ -70,7 +71,7 @@ class StagedRun:
         """``bpo train`` with the demo's shared budget (steps, batch, LR, LoRA, beta, NLL weight): equal for all
         variants, which differ only in ``extra``."""
         c, out = self.cfg, self.out / "runs" / name
-        bpo("train", f"model.name={self.model}", f"data.train={data}", f"data.image_root={image_root}",
+        self.bpo("train", f"model.name={self.model}", f"data.train={data}", f"data.image_root={image_root}",
             f"run.output_dir={out}", f"run.max_steps={c.train_steps}", f"run.batch_size={c.batch_size}",
             f"optim.lr={c.lr}", "optim.warmup_steps=0", f"lora.r={c.lora_r}", f"lora.alpha={2 * c.lora_r}",
             "lora.dropout=0.0", f"loss.beta={c.beta}", f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}",

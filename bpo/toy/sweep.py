@@ -59,7 +59,7 @@ def select(seed_results: list[dict], grid: dict = GRID) -> dict:
     return out
 
 
-def run(args, out: Path) -> int:
+def run(args, out: Path, run_command) -> int:
     from bpo.io import atomic_write, write_json
 
     cfg = demo_config(args)
@@ -74,7 +74,7 @@ def run(args, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"bpo demo --sweep: tuning seeds {seeds}, held-out images, grid {GRID}; outputs in {out}")
-    results = [SeedRun(cfg, out, s, print).run() for s in seeds]
+    results = [SeedRun(cfg, out, s, print, run_command).run() for s in seeds]
     choice = select(results)
     wall = time.perf_counter() - t0
     lines = [f"# Recipe sweep (tuning seeds {', '.join(map(str, seeds))}; {cfg.n_eval} held-out images each; "
