@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -422,3 +423,36 @@ def _subcommand(argv: list[str], prog: str, table: dict) -> str:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise BpoError(f"{prog}: unknown command {name!r}{hint} (known: {', '.join(table)})")
     return name
+
+
+class Command:
+    """A command's three entry points from its config class and its ``run(cfg) -> exit code``: ``main`` (the
+    CLI), ``parse`` and ``check`` (``bpo pipeline``'s pre-check: parse, ``require=False``, run nothing)."""
+
+    def __init__(self, cls: type, run: Callable[[Any], int], *, prog: str, description: str | None = None,
+                 epilog: str | None = None):
+        self.cls, self.run, self.prog, self.description, self.epilog = cls, run, prog, description, epilog
+
+    def parse(self, argv: list[str], require: bool = True):
+        return parse_command(self.cls, argv, prog=self.prog, description=self.description, epilog=self.epilog,
+                             require=require)
+
+    def main(self, argv: list[str]) -> int:
+        cfg = self.parse(argv)
+        return 0 if cfg is None else self.run(cfg)  # None: --help-config printed the keys
+
+    def check(self, argv: list[str]) -> None:
+        self.parse(argv, require=False)
+
+
+class CommandGroup:
+    """``main`` and ``check`` of a command made of subcommands: ``table[SUB] = (ConfigClass, run, help)``."""
+
+    def __init__(self, table: dict, *, prog: str, description: str):
+        self.table, self.prog, self.description = table, prog, description
+
+    def main(self, argv: list[str]) -> int:
+        return run_subcommands(argv, prog=self.prog, description=self.description, table=self.table)
+
+    def check(self, argv: list[str]) -> None:
+        check_subcommands(argv, prog=self.prog, table=self.table)

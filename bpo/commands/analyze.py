@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bpo.config import check_subcommands, option, run_subcommands
+from bpo.config import CommandGroup, option
 from bpo.errors import BpoError
 from bpo.eval.judges import JUDGES
 from bpo.eval.judging import JudgeSection
@@ -299,10 +299,5 @@ TABLE = {
 DESCRIPTION = "Analysis figures (PNG + CSV beside each).\n\n" + EPILOG
 
 
-def main(argv: list[str]) -> int:
-    return run_subcommands(argv, prog="bpo analyze", description=DESCRIPTION, table=TABLE)
-
-
-def check(argv: list[str]) -> None:
-    """Parse ``bpo analyze SUB ...`` without running it (``bpo pipeline`` checks a recipe this way)."""
-    check_subcommands(argv, prog="bpo analyze", table=TABLE)
+_GROUP = CommandGroup(TABLE, prog="bpo analyze", description=DESCRIPTION)
+main, check = _GROUP.main, _GROUP.check

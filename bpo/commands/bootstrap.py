@@ -29,7 +29,7 @@ from bpo.commands.engine_options import (
     redefault,
     settings_from,
 )
-from bpo.config import check_subcommands, option, run_subcommands
+from bpo.config import CommandGroup, option
 from bpo.errors import BpoError
 
 # Per-generator decoding defaults (see docs/bootstrap.md for why): weaken and self sample y ~ p(. | image) with
@@ -209,10 +209,5 @@ TABLE = {
 DESCRIPTION = "Generate negatives and append them to records."
 
 
-def main(argv: list[str]) -> int:
-    return run_subcommands(argv, prog="bpo bootstrap", description=DESCRIPTION, table=TABLE)
-
-
-def check(argv: list[str]) -> None:
-    """Parse a ``bpo bootstrap`` line without running it or needing its input files (``bpo pipeline``)."""
-    check_subcommands(argv, prog="bpo bootstrap", table=TABLE)
+_GROUP = CommandGroup(TABLE, prog="bpo bootstrap", description=DESCRIPTION)
+main, check = _GROUP.main, _GROUP.check

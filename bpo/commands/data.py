@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 
-from bpo.config import check_subcommands, option, run_subcommands
+from bpo.config import CommandGroup, option
 from bpo.errors import BpoError
 
 FORMATS = ("auto", "trl", "bootstrapped_po", "mmsafe_po", "llava_sft", "povid", "rlaif_v", "bpo")
@@ -115,18 +115,13 @@ def _stats(args: StatsConfig) -> int:
     return 0
 
 
+DESCRIPTION = "Validate, import and summarise record files."
 TABLE = {
     "validate": (ValidateConfig, _validate, "report every problem in a record JSONL file"),
     "import": (ImportConfig, _import, "convert TRL / Bootstrapped-PO / MMSafe-PO / LLaVA rows to bpo records"),
     "stats": (StatsConfig, _stats, "counts per source, images, turns, lengths, rejection reasons"),
 }
-DESCRIPTION = "Validate, import and summarise record files."
 
 
-def main(argv: list[str]) -> int:
-    return run_subcommands(argv, prog="bpo data", description=DESCRIPTION, table=TABLE)
-
-
-def check(argv: list[str]) -> None:
-    """Parse a ``bpo data`` line without running it or needing its input files (``bpo pipeline``)."""
-    check_subcommands(argv, prog="bpo data", table=TABLE)
+_GROUP = CommandGroup(TABLE, prog="bpo data", description=DESCRIPTION)
+main, check = _GROUP.main, _GROUP.check

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bpo.config import option, parse_command
+from bpo.config import Command, option
 from bpo.iterative.rounds import IterateConfig
 
 EPILOG = """examples:
@@ -34,15 +34,7 @@ class IterateCommand(IterateConfig):
         return IterateConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(IterateConfig)})
 
 
-def parse(argv: list[str], require: bool = True) -> IterateCommand | None:
-    return parse_command(IterateCommand, argv, prog="bpo iterate", description=__doc__, epilog=EPILOG,
-                         require=require)
-
-
-def main(argv: list[str]) -> int:
-    cmd = parse(argv)
-    if cmd is None:  # --help-config
-        return 0
+def _run(cmd: IterateCommand) -> int:
     cfg = cmd.rounds_config()
     if cmd.report_only:
         from bpo.iterative.report import write_iteration_report
@@ -61,6 +53,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check(argv: list[str]) -> None:
-    """Parse ``bpo iterate ...`` without running it: files that earlier recipe steps make need not exist yet."""
-    parse(argv, require=False)
+_COMMAND = Command(IterateCommand, _run, prog="bpo iterate", description=__doc__, epilog=EPILOG)
+parse, main, check = _COMMAND.parse, _COMMAND.main, _COMMAND.check

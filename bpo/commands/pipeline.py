@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpo.config import option, parse_command
+from bpo.config import Command, option
 from bpo.errors import BpoError
 
 EPILOG = """examples:
@@ -32,15 +32,7 @@ class PipelineConfig:
                                               "./.pipeline)")
 
 
-def parse(argv: list[str], require: bool = True) -> PipelineConfig | None:
-    return parse_command(PipelineConfig, argv, prog="bpo pipeline", description=__doc__, epilog=EPILOG,
-                         require=require)
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse(argv)
-    if cfg is None:  # --help-config
-        return 0
+def _run(cfg: PipelineConfig) -> int:
     from bpo.cli import COMMANDS, check_command
     from bpo.cli import main as run_command
     from bpo.pipeline import load_recipe, run_recipe
@@ -58,6 +50,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def check(argv: list[str]) -> None:
-    """Parse ``bpo pipeline ...`` without running it (the recipe itself is read when the step runs)."""
-    parse(argv, require=False)
+_COMMAND = Command(PipelineConfig, _run, prog="bpo pipeline", description=__doc__, epilog=EPILOG)
+parse, main, check = _COMMAND.parse, _COMMAND.main, _COMMAND.check

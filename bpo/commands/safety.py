@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bpo.commands.engine_options import at_least, need_dir
-from bpo.config import check_subcommands, option, run_subcommands
+from bpo.config import CommandGroup, option
 from bpo.errors import BpoError
 
 
@@ -140,10 +140,7 @@ def _export(args: ExportConfig) -> int:
     from bpo.safety.mmsafe import to_mmsafe_po
 
     rows = [to_mmsafe_po(r, prompt_key=args.prompt_key) for r in read_records(args.records)]
-    if Path(args.out).suffix == ".jsonl":
-        write_jsonl(args.out, rows)
-    else:
-        write_json(args.out, rows)
+    (write_jsonl if Path(args.out).suffix == ".jsonl" else write_json)(args.out, rows)
     print(f"wrote {len(rows)} MMSafe-PO rows to {args.out}")
     return 0
 
@@ -155,13 +152,5 @@ TABLE = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    return run_subcommands(sys.argv[1:] if argv is None else argv, prog="bpo safety",
-                           description=__doc__.split("\n\n")[0], table=TABLE)
-
-
-def check(argv: list[str]) -> None:
-    """Parse a ``bpo safety`` line without running it or needing its input files (``bpo pipeline``)."""
-    check_subcommands(argv, prog="bpo safety", table=TABLE)
+_GROUP = CommandGroup(TABLE, prog="bpo safety", description=__doc__.split("\n\n")[0])
+main, check = _GROUP.main, _GROUP.check

@@ -14,6 +14,7 @@ from pathlib import Path
 from bpo.errors import BpoError
 from bpo.io import atomic_write
 from bpo.toy.claims import claim_line
+from bpo.toy.stages import format_table as _format_table
 from bpo.toy.stages import machine_line, mean_std, write_outputs
 
 BEGIN = "<!-- bpo-demo-results:begin (written by `bpo demo --write-docs`; edits here are overwritten) -->"
@@ -49,14 +50,7 @@ def summarize(seed_results: list[dict]) -> dict:
 
 
 def format_table(table: dict) -> str:
-    labels = [m for m, _ in METRICS]
-    head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-    rows = []
-    for name, vals in table.items():
-        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
-                 for m, s in (vals[label] for label in labels)]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows)
+    return _format_table(table, [m for m, _ in METRICS])
 
 
 def write_report(out: Path, cfg, seed_results: list[dict], table: dict, claims: list[dict],

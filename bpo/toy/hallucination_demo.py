@@ -78,11 +78,9 @@ RECIPE_VARIANTS = {"reg": ("bpo_weakened", "dpo_self"), "paper": ("paper_weakene
 
 class SeedRun(StagedRun):
     def run(self) -> dict:
-        self._timed("pretrain", self.pretrain)
-        self._timed("export", self.export)
-        self._timed("bootstrap", self.bootstrap)
-        self._timed("train", self.train_all)
-        results = self._timed("evaluate", self.evaluate_all)
+        *_, results = self._stages(("pretrain", self.pretrain), ("export", self.export),
+                                   ("bootstrap", self.bootstrap), ("train", self.train_all),
+                                   ("evaluate", self.evaluate_all))
         self.noise = []
         if self.cfg.analyze:
             self._timed("analyze", self.analyze)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpo.toy.model import load_world
-from bpo.toy.stages import StagedRun, TrainBudget, log_results, write_outputs
+from bpo.toy.stages import StagedRun, TrainBudget, log_results, start, write_outputs
 
 
 @dataclass
@@ -116,10 +116,7 @@ def write_report(out: Path, cfg: IterativeDemoConfig, seed_results: list[dict], 
 
 def main(args, out: Path, run_command) -> int:
     cfg = IterativeDemoConfig(**(ITERATIVE_FAST if getattr(args, "fast", False) else {}))
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(getattr(args, "seeds", None) or 1))
-    t0 = time.perf_counter()
-    log = print
+    seeds, t0, log = start(args, out)
     log(f"bpo demo --scenario iterative: {cfg.rounds} rounds of Bootstrapped PO, {len(seeds)} seed(s), "
         f"outputs in {out}")
     results = [IterativeSeedRun(cfg, out, seed, log, run_command).run() for seed in seeds]

@@ -26,7 +26,8 @@ from bpo.config import from_dict
 from bpo.data.records import read_records
 from bpo.toy.model import load_safety
 from bpo.toy.safety import REFUSAL, SafetyConfig, export_safety
-from bpo.toy.stages import StagedRun, TrainBudget, log_results, mean_std, write_outputs
+from bpo.toy.stages import StagedRun, TrainBudget, log_results, mean_std, start, write_outputs
+from bpo.toy.stages import format_table as _format_table
 
 
 @dataclass
@@ -56,13 +57,9 @@ VARIANTS = {"dpo": ["data.sources=human"], "blind_po": ["data.sources=human,blin
 
 class SafetySeedRun(StagedRun):
     def run(self) -> dict:
-        self._timed("pretrain", self.pretrain)
-        self._timed("export", self.export)
-        self._timed("build", self.build)
-        self._timed("blind", self.blind)
-        self._timed("train", self.train_all)
-        results = self._timed("evaluate", self.evaluate_all)
-        self._timed("curves", self.curves)
+        *_, results, _ = self._stages(("pretrain", self.pretrain), ("export", self.export), ("build", self.build),
+                                      ("blind", self.blind), ("train", self.train_all),
+                                      ("evaluate", self.evaluate_all), ("curves", self.curves))
         return {"seed": self.seed, "model": str(self.model), "hazardous": self.sw.hazardous, "results": results,
                 "build": self.build_counts, "blind_negatives": self.blind_summary, "timings": self.timings}
 
@@ -192,14 +189,7 @@ def summarize(seed_results: list[dict]) -> dict:
 
 
 def format_table(table: dict) -> str:
-    labels = [m[0] for m in METRICS]
-    head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
-    rows = []
-    for name, vals in table.items():
-        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
-                 for m, s in (vals[label] for label in labels)]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return head + "\n".join(rows)
+    return _format_table(table, [m[0] for m in METRICS])
 
 
 def paired_bootstrap_ci(a: list[int], b: list[int], *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -311,10 +301,7 @@ def write_report(out: Path, cfg: SafetyDemoConfig, seed_results: list[dict], tab
 
 def main(args, out: Path, run_command) -> int:
     cfg = SafetyDemoConfig(**(SAFETY_FAST if getattr(args, "fast", False) else {}))
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(getattr(args, "seeds", None) or 1))
-    t0 = time.perf_counter()
-    log = print
+    seeds, t0, log = start(args, out)
     log(f"bpo demo --scenario safety: toy-world Blind PO, {len(seeds)} seed(s), outputs in {out}")
     results = [SafetySeedRun(cfg, out, seed, log, run_command).run() for seed in seeds]
     table = summarize(results)

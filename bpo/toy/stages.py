@@ -53,6 +53,10 @@ class StagedRun:
         if code != 0:
             raise BpoError(f"demo stage failed: bpo {shlex.join(argv)} (exit {code})")
 
+    def _stages(self, *stages) -> list:
+        """Run ``(name, method)`` stages in order, each timed; their results in the same order."""
+        return [self._timed(name, fn) for name, fn in stages]
+
     def _timed(self, name, fn, *a, **k):
         t0 = time.perf_counter()
         result = fn(*a, **k)
@@ -127,3 +131,20 @@ def log_results(log, table_text: str, claim_lines: list[str], report: Path, out:
     for line in claim_lines:
         log(line)
     log(f"\nreport: {report}\nsummary: {out / 'summary.json'}\nwall time: {wall:.0f}s")
+
+
+def start(args, out: Path):
+    """(seeds, start time, log) of a demo run: seeds 0..N-1 from ``--seeds``, the output folder made."""
+    out.mkdir(parents=True, exist_ok=True)
+    return list(range(getattr(args, "seeds", None) or 1)), time.perf_counter(), print
+
+
+def format_table(table: dict, labels: list[str]) -> str:
+    """A markdown table of ``{model: {label: (mean, std)}}``: ``mean ± std`` (``n/a`` for NaN)."""
+    head = "| model | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+    rows = []
+    for name, vals in table.items():
+        cells = ["n/a" if m != m else f"{m:.3f} ± {s:.3f}" if s else f"{m:.3f}"
+                 for m, s in (vals[label] for label in labels)]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows)
