@@ -125,7 +125,7 @@ def reference_mode(model, ref_model=None, *, start: bool = False):
         yield model
         return
     if hasattr(model, "disable_adapter"):
-        from bpo.models.adapters import adapters_disabled
+        from bpo.models.switches import adapters_disabled
 
         with adapters_disabled(model):  # peft's disable_adapter() without its per-call model scan
             yield model

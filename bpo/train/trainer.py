@@ -160,8 +160,11 @@ class Trainer:
     def _build_optimizer(self):
         cfg = self.cfg
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        # fused: one kernel for all parameters (what HF Trainer / TRL use by default); not under DeepSpeed / FSDP,
+        # which partition or wrap the parameters
+        fused = {"fused": True} if getattr(self, "engine", "single") in ("single", "ddp") and _fusable(params) else {}
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                           betas=tuple(cfg.optim.betas))
+                                           betas=tuple(cfg.optim.betas), **fused)
         world = self.acc.num_processes
         n_batches = len(epoch_batches(self.lengths, cfg.run.batch_size, seed=cfg.run.seed, epoch=0,
                                       group_by_length=False, world_size=world)) // world
@@ -193,11 +196,11 @@ class Trainer:
         start = self.cfg.loss.reference == "start"
         if start and getattr(self, "_pi_ref_frozen", False):  # the policy has moved: it is no longer pi_ref
             raise BpoError("loss.reference=start: a reference log-prob is missing from the cache")
+        from bpo.models.switches import eval_mode
+
         with torch.no_grad(), reference_mode(self.acc.unwrap_model(self.policy), self.ref_model, start=start) as ref:
-            was_training = ref.training
-            ref.eval()
-            lp, _, _ = self._logps(ref, examples)
-            ref.train(was_training)
+            with eval_mode(ref):  # each module's own mode back afterwards, without a walk of train()
+                lp, _, _ = self._logps(ref, examples)
         return lp
 
     def micro_step(self, examples, stats: StepStats) -> torch.Tensor:
@@ -376,6 +379,12 @@ class Trainer:
             out["model"] = str(self.out / "model")
         (self.out / "result.json").write_text(json.dumps(out, indent=2))
         return out
+
+
+def _fusable(params) -> bool:
+    """torch's fused AdamW takes floating-point CPU and CUDA tensors."""
+    kinds = {(p.device.type, p.dtype) for p in params}
+    return bool(kinds) and all(d in ("cpu", "cuda") and t.is_floating_point for d, t in kinds)
 
 
 def accum_divisor(grad_accum: int, accum: int, micro: int, n_micro: int) -> int:

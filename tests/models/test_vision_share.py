@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bpo.data.records import Negative, Record
-from bpo.models.adapters import adapters_disabled
 from bpo.models.encoding import Encoder
 from bpo.models.loading import load
 from bpo.models.packed import LogpsPath, hf_model, packed_example_logps
+from bpo.models.switches import adapters_disabled
 from bpo.models.vision_share import share_reason
 
 
@@ -146,21 +146,3 @@ def test_mode_and_autocast_enter_the_key(tiny_family, image_root):
     finally:
         handle.remove()
         base.model.vision_tower.config.attention_dropout = 0.0
-
-
-def test_adapters_disabled_matches_peft(tiny_family):
-    """Same base-model output and the same adapter state afterwards as peft's own disable_adapter()."""
-    model, proc = load(tiny_family("llava"))
-    model = _lora(model.float(), projector=True)
-    ids = torch.tensor([[1, 5, 6, 7, 8]])
-    with torch.no_grad():
-        with model.disable_adapter():
-            want = model(input_ids=ids).logits
-        state = {n: p.requires_grad for n, p in model.named_parameters()}
-        with adapters_disabled(model):
-            got = model(input_ids=ids).logits
-            assert model._adapters_disabled
-        on = model(input_ids=ids).logits
-    assert torch.equal(want, got) and not torch.equal(want, on)
-    assert state == {n: p.requires_grad for n, p in model.named_parameters()}
-    assert not model._adapters_disabled
