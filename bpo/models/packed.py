@@ -266,13 +266,17 @@ def flex_block_mask(doc: torch.Tensor, seg: torch.Tensor):
     return create_block_mask(mask_mod, B=n, H=None, Q_LEN=t, KV_LEN=t, device=doc.device)
 
 
-def attention_mask_for(backend: str, doc: torch.Tensor, seg: torch.Tensor, dtype):
+def attention_mask_for(backend: str, doc: torch.Tensor, seg: torch.Tensor, dtype, *, additive: bool = False):
+    """The mask for ``backend``. ``additive`` (SDPA): a float mask of 0 / -inf in ``dtype`` (the queries' dtype),
+    which SDPA adds as it is; a boolean one it converts to exactly that in every layer of every pass."""
     if backend == "flex_attention":
         return flex_block_mask(doc, seg)
     mask = dense_mask(doc, seg)
     if backend == "eager":  # eager adds the mask to the scores
         dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    if additive and dtype is not None and dtype.is_floating_point:  # no fully masked row: -inf gives no NaN
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     return mask
 
 
@@ -364,7 +368,12 @@ def _final_hidden(model, base, **kwargs) -> torch.Tensor:
 def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
     """Inputs, mask, positions and targets on ``device``: built on the first pass of a step, then reused."""
     backend = attn_backend(base)
-    key = (str(device), dtype, backend)
+    # outside autocast the queries are in the token embeddings' dtype, so SDPA can take an additive mask in it;
+    # under autocast (the bf16 policy pass) they may not be, and the boolean mask stays
+    additive = backend == "sdpa" and not torch.is_autocast_enabled(torch.device(device).type)
+    embed = base.get_input_embeddings() if additive else None
+    mask_dtype = embed.weight.dtype if embed is not None and embed.weight.is_floating_point() else dtype
+    key = (str(device), dtype, backend, additive)
     hit = batch.device_cache.get(key)
     if hit is not None:
         return hit
@@ -377,7 +386,7 @@ def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
         position_ids = _mrope_positions(base, batch, prompt, doc, pos)
     else:
         position_ids = pos
-    mask = attention_mask_for(backend, doc, seg, dtype)
+    mask = attention_mask_for(backend, doc, seg, mask_dtype, additive=additive)
     batch.device_cache[key] = out = (inputs, mask, position_ids, src, tgt, owner)
     return out
 
