@@ -683,7 +683,8 @@ def format_table(results: dict, shape: dict) -> str:
 
 LEGEND = {
     "bpo": "- *bpo*: prompt and all responses packed in one forward (`run.fast_path=auto`), a reference "
-           "forward every step (`run.ref_cache=off`).",
+           "forward every step (`run.ref_cache=off`); the image features are computed once per step and used by "
+           "both passes (`bpo/models/vision_share.py`).",
     "bpo flex": "- *bpo flex*: the same with `model.attn_implementation=flex_attention` (all examples of a "
                 "batch in one row, document mask, no padding between them).",
     "bpo compiled": "- *bpo compiled*: *bpo* with `run.compile=true`.",
@@ -856,9 +857,10 @@ Targets (ratios in this run):
 {targets}
 
 Token arithmetic: TRL's rows hold more real (unpadded) tokens than bpo's packed prompt + responses
-({tokens}); that is what packing can save in the language model's matrix products. Attention over shorter rows and
-TRL's per-step image processing add a little on top, padding and the profiler-free overheads (optimizer, Python)
-take a little away. With a prompt P of mostly image tokens and responses L ~ P/6 (LLaVA-1.5 proportions),
+({tokens}); that is what packing can save in the language model's matrix products. Attention over shorter rows,
+the vision tower (TRL: 4 passes per pair per step, one per row and pass; bpo: 1 per example, shared by both passes)
+and TRL's per-step image processing add a little on top, padding and the profiler-free overheads (optimizer,
+Python) take a little away. With a prompt P of mostly image tokens and responses L ~ P/6 (LLaVA-1.5 proportions),
 2(P + L) / (P + 2L) ~ 1.75 at K = 1 and 2K(P + L) / (P + (K + 1)L) ~ 4.3 at K = 3, so targets above these
 ratios need more than removing repeated tokens (the reference cache removes a forward).{cache_k1}
 

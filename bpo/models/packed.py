@@ -32,7 +32,7 @@ responses against the expanded cache) that launched about twice the kernels of p
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -141,6 +141,9 @@ class PackedBatch:
     prompt_src: torch.Tensor  # ... and the matching flat indices into the padded prompt batch
     pad_tokens: int
     real_tokens: int
+    # per (device, dtype, backend): the inputs on the device, positions and mask, built once and used by both
+    # passes of a step (policy and reference), and the image features shared between them (vision_share)
+    device_cache: dict = field(default_factory=dict, repr=False)
 
 
 def _rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
@@ -263,13 +266,17 @@ def flex_block_mask(doc: torch.Tensor, seg: torch.Tensor):
     return create_block_mask(mask_mod, B=n, H=None, Q_LEN=t, KV_LEN=t, device=doc.device)
 
 
-def attention_mask_for(backend: str, doc: torch.Tensor, seg: torch.Tensor, dtype):
+def attention_mask_for(backend: str, doc: torch.Tensor, seg: torch.Tensor, dtype, *, additive: bool = False):
+    """The mask for ``backend``. ``additive`` (SDPA): a float mask of 0 / -inf in ``dtype`` (the queries' dtype),
+    which SDPA adds as it is; a boolean one it converts to exactly that in every layer of every pass."""
     if backend == "flex_attention":
         return flex_block_mask(doc, seg)
     mask = dense_mask(doc, seg)
     if backend == "eager":  # eager adds the mask to the scores
         dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    if additive and dtype is not None and dtype.is_floating_point:  # no fully masked row: -inf gives no NaN
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
     return mask
 
 
@@ -358,11 +365,18 @@ def _final_hidden(model, base, **kwargs) -> torch.Tensor:
     return hidden
 
 
-def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-prob of each response and its token count: ``([R], [R])``, like ``row_logps``."""
-    device, dtype = model_device(model), model_dtype(model)
-    base = hf_model(model)
+def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
+    """Inputs, mask, positions and targets on ``device``: built on the first pass of a step, then reused."""
     backend = attn_backend(base)
+    # outside autocast the queries are in the token embeddings' dtype, so SDPA can take an additive mask in it;
+    # under autocast (the bf16 policy pass) they may not be, and the boolean mask stays
+    additive = backend == "sdpa" and not torch.is_autocast_enabled(torch.device(device).type)
+    embed = base.get_input_embeddings() if additive else None
+    mask_dtype = embed.weight.dtype if embed is not None and embed.weight.is_floating_point() else dtype
+    key = (str(device), dtype, backend, additive)
+    hit = batch.device_cache.get(key)
+    if hit is not None:
+        return hit
     # every host-to-device copy before the forward (a blocking copy after it would wait for the GPU)
     inputs = _to_device(batch.inputs, device, dtype)
     doc, seg, pos = (to_device(t, device) for t in (batch.doc, batch.seg, batch.pos))
@@ -372,8 +386,25 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> 
         position_ids = _mrope_positions(base, batch, prompt, doc, pos)
     else:
         position_ids = pos
-    mask = attention_mask_for(backend, doc, seg, dtype)
-    hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
+    mask = attention_mask_for(backend, doc, seg, mask_dtype, additive=additive)
+    batch.device_cache[key] = out = (inputs, mask, position_ids, src, tgt, owner)
+    return out
+
+
+def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None,
+                     share_vision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-prob of each response and its token count: ``([R], [R])``, like ``row_logps``.
+
+    ``share_vision`` (a mode from :func:`bpo.models.vision_share.share_reason`): image features computed by
+    the first pass over ``batch`` are reused by later ones (the reference pass after the policy pass)."""
+    from bpo.models.vision_share import shared_inputs
+
+    device, dtype = model_device(model), model_dtype(model)
+    base = hf_model(model)
+    inputs, mask, position_ids, src, tgt, owner = _device_tensors(base, batch, device, dtype)
+    inputs, vision_ctx = shared_inputs(base, inputs, batch.device_cache, share_vision)
+    with vision_ctx:
+        hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)
@@ -384,24 +415,45 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None) -> 
     return sums, counts
 
 
+class StepBatch:
+    """The last :class:`PackedBatch` and what it was built from: the policy and the reference pass of a step
+    score the same examples, so the second pass reuses the layout, its device tensors and image features."""
+
+    def __init__(self):
+        self.examples: tuple = ()
+        self.key: tuple | None = None
+        self.batch: PackedBatch | None = None
+
+    def get(self, examples: list[EncodedExample], pad_id: int, pack: bool) -> PackedBatch:
+        same = len(examples) == len(self.examples) and all(a is b for a, b in zip(examples, self.examples))
+        if not (same and self.key == (pad_id, pack)):  # identity: an EncodedExample is not edited in place
+            self.batch = _collate(examples, pad_id, pack)
+            self.examples, self.key = tuple(examples), (pad_id, pack)
+        return self.batch
+
+
+def _collate(examples: list[EncodedExample], pad_id: int, pack: bool) -> PackedBatch:
+    if pack:
+        return collate_packed(examples, pad_id, capacity=sum(map(packed_length, examples)), multiple_of=FLEX_BLOCK)
+    return collate_packed(examples, pad_id)
+
+
 def packed_example_logps(model, examples: list[EncodedExample], pad_id: int, *, pack: bool | None = None,
-                         chunk: int | None = None, stats: dict | None = None):
+                         chunk: int | None = None, stats: dict | None = None, reuse: StepBatch | None = None,
+                         share_vision: str | None = None):
     """Drop-in for :func:`bpo.models.logprobs.example_logps`: ``logps, counts, valid`` of shape [B, 1+Kmax].
 
     ``pack`` (default: only with flex_attention) puts all examples in one row with a document mask; with a
     dense mask that would cost (sum of lengths)^2 attention, so SDPA/eager get one example per row.
+    ``reuse``: keep the batch for the next call on the same examples; ``share_vision``: see packed_row_logps.
     """
     if pack is None:
         pack = attn_backend(hf_model(model)) == "flex_attention"
-    if pack:
-        batch = collate_packed(examples, pad_id, capacity=sum(map(packed_length, examples)),
-                               multiple_of=FLEX_BLOCK)
-    else:
-        batch = collate_packed(examples, pad_id)
+    batch = reuse.get(examples, pad_id, pack) if reuse is not None else _collate(examples, pad_id, pack)
     if stats is not None:
         stats["pad_tokens"] = stats.get("pad_tokens", 0) + batch.pad_tokens
         stats["real_tokens"] = stats.get("real_tokens", 0) + batch.real_tokens
-    lp, n = packed_row_logps(model, batch, chunk=chunk)
+    lp, n = packed_row_logps(model, batch, chunk=chunk, share_vision=share_vision)
     return scatter_rows(lp, n, batch, len(examples))
 
 
@@ -426,6 +478,8 @@ class LogpsPath:
         self.mode = "packed" if mode == "shared" else mode
         self.log = log
         self._said: set[str] = set()
+        self._step = StepBatch()  # policy and reference pass of one step: one layout, one vision pass
+        self._vision: dict[int, str | None] = {}  # id(model) -> sharing mode, decided once per model
 
     def __call__(self, model, examples: list[EncodedExample], pad_id: int, stats=None):
         from bpo.errors import BpoError
@@ -435,7 +489,8 @@ class LogpsPath:
             reason = unsupported_reason(model)
             if reason is None:
                 tokens: dict = {}
-                out = packed_example_logps(model, examples, pad_id, stats=tokens)
+                out = packed_example_logps(model, examples, pad_id, stats=tokens, reuse=self._step,
+                                           share_vision=self._share_mode(model, examples))
                 self._record(stats, tokens["pad_tokens"], tokens["real_tokens"])
                 return out
             if self.mode == "packed":
@@ -446,6 +501,20 @@ class LogpsPath:
                 self.log(f"fast path off ({reason}): scoring each response with its own copy of the prompt")
         self._record(stats, *_plain_pad_tokens(examples))
         return example_logps(model, examples, pad_id)
+
+    def _share_mode(self, model, examples) -> str | None:
+        """How the image features are shared between the passes of a step; one log line when they are not."""
+        from bpo.models.vision_share import share_reason
+
+        if not any(ex.vision for ex in examples):
+            return None
+        base = hf_model(model)
+        if id(base) not in self._vision:
+            mode, reason = share_reason(base)
+            self._vision[id(base)] = mode
+            if reason is not None:
+                self.log(f"image features computed in every pass ({reason})")
+        return self._vision[id(base)]
 
     @staticmethod
     def _record(stats, pad: int, real: int) -> None:

@@ -125,7 +125,9 @@ def reference_mode(model, ref_model=None, *, start: bool = False):
         yield model
         return
     if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
+        from bpo.models.switches import adapters_disabled
+
+        with adapters_disabled(model):  # peft's disable_adapter() without its per-call model scan
             yield model
         return
     raise BpoError("no reference model: enable LoRA, use full fine-tuning, or a reference cache")

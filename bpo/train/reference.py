@@ -50,11 +50,11 @@ class Reference:
 
 def _forward(network_ctx, score, examples, score_kwargs) -> torch.Tensor:
     """One no-grad reference pass in eval mode (dropout off), the network's mode restored afterwards."""
+    from bpo.models.switches import eval_mode
+
     with torch.no_grad(), network_ctx as ref:
-        was_training = ref.training
-        ref.eval()
-        lp, _, _ = score(ref, examples, **score_kwargs)
-        ref.train(was_training)
+        with eval_mode(ref):  # each module's own mode back afterwards, without a walk of train()
+            lp, _, _ = score(ref, examples, **score_kwargs)
     return lp
 
 

@@ -186,8 +186,11 @@ class Trainer:
         """(AdamW over the trainable parameters, its LR schedule, total optimizer steps)."""
         cfg = self.cfg
         params = [p for p in policy.parameters() if p.requires_grad]
+        # fused: one kernel for all parameters (what HF Trainer / TRL use by default); not under DeepSpeed / FSDP,
+        # which partition or wrap the parameters
+        fused = {"fused": True} if self.engine in ("single", "ddp") and _fusable(params) else {}
         optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                      betas=tuple(cfg.optim.betas))
+                                      betas=tuple(cfg.optim.betas), **fused)
         world = self.acc.num_processes
         n_batches = len(epoch_batches(self.lengths, cfg.run.batch_size, seed=cfg.run.seed, epoch=0,
                                       group_by_length=False, world_size=world)) // world
@@ -400,6 +403,12 @@ class Trainer:
             out["model"] = str(self.out / "model")
         (self.out / "result.json").write_text(json.dumps(out, indent=2))
         return out
+
+
+def _fusable(params) -> bool:
+    """torch's fused AdamW takes floating-point CPU and CUDA tensors."""
+    kinds = {(p.device.type, p.dtype) for p in params}
+    return bool(kinds) and all(d in ("cpu", "cuda") and t.is_floating_point for d, t in kinds)
 
 
 def accum_divisor(grad_accum: int, accum: int, micro: int, n_micro: int) -> int:

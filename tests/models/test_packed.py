@@ -441,3 +441,21 @@ def test_compiled_forward_matches_eager(tiny_llava, image_root):
     zero = torch.zeros(())
     worst = max((eager[3].get(n, zero) - compiled[3].get(n, zero)).abs().max().item() for n in names)
     assert worst <= 1e-4 and set(eager[3]) <= set(compiled[3])
+
+
+def test_sdpa_gets_an_additive_mask_outside_autocast(tiny_llava, image_root):
+    """Outside autocast SDPA gets 0 / -inf in the embeddings' dtype (the same numbers as the boolean mask it would
+    convert in every layer); under autocast the boolean mask stays. Built once per step and device state."""
+    from bpo.models.packed import _device_tensors
+
+    model, proc = load(tiny_llava)
+    model = model.float()
+    enc = Encoder(proc, image_root, max_length=512)
+    batch = collate_packed([enc.encode(r) for r in _records(2)], proc.tokenizer.pad_token_id)
+    _, mask, *_ = _device_tensors(model, batch, torch.device("cpu"), torch.float32)
+    want = dense_mask(batch.doc, batch.seg)
+    assert mask.dtype == torch.float32 and torch.equal(mask == 0, want) and torch.isinf(mask[~want]).all()
+    assert _device_tensors(model, batch, torch.device("cpu"), torch.float32)[1] is mask  # reused by the next pass
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, auto_mask, *_ = _device_tensors(model, batch, torch.device("cpu"), torch.float32)
+    assert auto_mask.dtype == torch.bool and torch.equal(auto_mask, want)
