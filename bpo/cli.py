@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from bpo import __version__
+from bpo.errors import BpoError
+
 # name -> (module, one-line description). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("bpo.commands.data", "validate, import, convert and summarise preference records"),
@@ -25,8 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    from bpo import __version__
-
     lines = [
         f"bpo {__version__}: Bootstrapped & Blind Preference Optimization for multimodal LLMs",
         "",
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    from bpo.errors import BpoError
-
     try:
         module = importlib.import_module(COMMANDS[name][0])
         return int(module.main(rest) or 0)
@@ -92,8 +91,6 @@ def check_command(argv: list[str]) -> None:
     import contextlib
     import importlib
     import io
-
-    from bpo.errors import BpoError
 
     name, rest = (argv[0], argv[1:]) if argv else ("", [])
     if name not in COMMANDS:

@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpo.config import load_yaml
 from bpo.errors import BpoError
+from bpo.jobs import errors_path, job_path, shard_files
+from bpo.safeguard import same_file
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -61,8 +64,6 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, command
     """Read a recipe; ``commands`` are the names a step may run (the face passes its own table, so this
     module never imports the CLI that calls it). ``check(argv)``, when given, parses each step's command line
     without running it (the face's ``check_command``), so a typo in the last step fails before the first runs."""
-    from bpo.config import load_yaml
-
     known = sorted(commands)
 
     data = load_yaml(path)
@@ -130,8 +131,6 @@ def _step_paths(step: Step) -> tuple[list[str], list[str]]:
 
 def check_recipe_outputs(path: str, steps: list[Step]) -> None:
     """Before anything runs: no step may write over a recipe input (a file a step reads that no earlier step makes)."""
-    from bpo.safeguard import same_file
-
     made: list[str] = []  # outputs of the steps so far
     read: list[tuple[str, str]] = []  # (step name, path) of recipe inputs read so far
     for step in steps:
@@ -158,8 +157,6 @@ def _digest(step: Step) -> str:
 def _clear_outputs(step: Step) -> list[Path]:
     """Remove a step's declared outputs (files, or whole declared folders) and the resumable-job files beside
     them; returns what was removed."""
-    from bpo.jobs import errors_path, job_path, shard_files
-
     removed = []
     for o in step.outputs:
         out = Path(o)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bpo.errors import BpoError
+from bpo.jobs import errors_path, job_path, shard_files
 
 OUTPUT_ARGS = ("out", "details", "report")  # argparse dests that name files a command writes
 
@@ -68,8 +69,6 @@ def refuse_overwrite(outputs: dict[str, str], inputs: dict[str, str], *, job: It
 
 
 def _hardlinked_job_file(inp: str, out: str) -> bool:
-    from bpo.jobs import errors_path, job_path, shard_files
-
     existing = [job_path(out), errors_path(out), *shard_files(out), *shard_files(out, ".errors.jsonl")]
     return any(f.exists() and same_file(f, inp) for f in existing)
 

@@ -23,8 +23,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpo.analysis.plotting import color, linestyle, new_figure, save_figure, unique_labels, write_csv
 from bpo.errors import BpoError
+from bpo.eval.report import format_table
 from bpo.io import read_text as _read_text  # one-line errors naming the file
+from bpo.io import write_json
+from bpo.train.metrics import read_metrics
 
 # Bookkeeping columns of metrics.jsonl that are not curves.
 NOT_CURVES = frozenset({"step", "epoch", "samples_per_s", "pairs_per_s", "s_per_step"})
@@ -93,8 +97,6 @@ def _is_number(v) -> bool:
 # ---- loading ---------------------------------------------------------------------------------------
 def load_run(path: str | os.PathLike, label: str) -> Run:
     """A run folder (``bpo train``'s ``run.output_dir``) or a ``metrics.jsonl`` file directly."""
-    from bpo.train.metrics import read_metrics
-
     path = Path(path)
     metrics_file = path / "metrics.jsonl" if path.is_dir() else path
     if not metrics_file.is_file():
@@ -196,8 +198,6 @@ def plot_group(group: Group, series: dict[tuple[str, str], list[WindowStat]], ru
     Colour = run; line style = metric within a panel (chosen solid, rejected dashed). The band is
     mean +- std of the window. Panels with no data are dropped.
     """
-    from bpo.analysis.plotting import color, linestyle, new_figure
-
     panels = [p for p in group.panels if any(series.get((lab, m)) for lab in run_labels for m in p.metrics)]
     if not panels:
         return None
@@ -249,8 +249,6 @@ def summarize(runs: list[Run], series: dict[tuple[str, str], list[WindowStat]]) 
 
 
 def summary_text(rows: list[dict], runs: list[Run]) -> str:
-    from bpo.eval.report import format_table
-
     kinds = {r.label: r.loss_type or "?" for r in runs}
     table = format_table(["run (loss)", "metric", "first window", "last window", "change"],
                          [[f"{r['run']} ({kinds.get(r['run'], '?')})", r["metric"], r["first"], r["last"],
@@ -265,9 +263,6 @@ def analyze_curves(paths: list[str], out_dir: str | os.PathLike, *, window: int 
 
     Returns ``{"runs", "files", "summary", "figures"}`` (figures by group name, for tests).
     """
-    from bpo.analysis.plotting import save_figure, unique_labels, write_csv
-    from bpo.io import write_json
-
     if not paths:
         raise BpoError("give at least one run folder")
     labels = labels or unique_labels(paths)

@@ -29,8 +29,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpo.analysis.plotting import color, new_figure, save_figure, write_csv
+from bpo.data.records import read_records, write_records
 from bpo.errors import BpoError
+from bpo.eval.inputs import load_responses
+from bpo.eval.judges import SAFE, JudgeItem, RefusalJudge
+from bpo.eval.safety import prompt_text, safety_metrics
 from bpo.io import read_text as _read_text  # one-line errors naming the file
+from bpo.io import stable_hash, write_json, write_jsonl
 
 CONDITIONS = ("text", "multimodal", "blind")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -71,8 +77,6 @@ class BenignPool:
 
     def pick(self, seed: int, record_id: str, k: int = 0) -> str:
         """A seeded choice that depends only on (seed, record id, image index), not on file order of records."""
-        from bpo.io import stable_hash
-
         return self.images[int(stable_hash([seed, record_id, k])[:12], 16) % len(self.images)]
 
 
@@ -112,9 +116,6 @@ def co_defense_metrics(verdicts: dict[str, list[str]]) -> dict:
     ``verdicts[c][i]`` is the judge's verdict for item ``i`` under condition ``c`` (same item order in
     every condition). ``transfer.multimodal_rate`` = #(text safe and multimodal safe) / #(text safe).
     """
-    from bpo.eval.judges import SAFE
-    from bpo.eval.safety import safety_metrics
-
     lengths = {len(v) for v in verdicts.values()}
     if len(lengths) != 1:
         raise ValueError("every condition needs a verdict for the same items")
@@ -150,8 +151,6 @@ def cheating_metrics(refused_multimodal: list[bool], refused_swapped: list[bool 
 
 def is_refusal(response: str) -> tuple[bool, str]:
     """Rule-based refusal/warning detection (:class:`bpo.eval.judges.RefusalJudge`), with its reason."""
-    from bpo.eval.judges import SAFE, JudgeItem, RefusalJudge
-
     j = RefusalJudge().judge_one(JudgeItem("", "", response))
     return j.verdict == SAFE, j.reason
 
@@ -159,7 +158,6 @@ def is_refusal(response: str) -> tuple[bool, str]:
 # ---- responses -----------------------------------------------------------------------------------------
 def generate_responses(engine, records: list, settings) -> tuple[dict[str, dict], dict[str, str]]:
     """``({id: response row}, {id: error})`` from the batched engine, rows in ``bpo generate``'s format."""
-    from bpo.eval.safety import prompt_text
     from bpo.models.generation import Request
 
     gens = engine.generate([Request(rec.id, rec) for rec in records], settings)
@@ -189,8 +187,6 @@ class ModalityInputs:
 
 def select_records(path: str, limit: int = 0) -> tuple[list, dict]:
     """Records usable by all three conditions (an image and ``meta.text_prompt``), with skip counts."""
-    from bpo.data.records import read_records
-
     records = list(read_records(path))
     if limit > 0:
         records = records[:limit]
@@ -214,9 +210,6 @@ def _check_missing(ids: list[str], rows: dict, path: str, on_missing: str) -> li
 
 def collect_responses(inputs: ModalityInputs, records: list, out: Path, engine=None, settings=None):
     """``{condition: {id: row}}`` from files or the engine (generated sets are saved), and per-id errors."""
-    from bpo.eval.inputs import load_responses
-    from bpo.io import write_jsonl
-
     responses, errors, lacking = {}, {}, []
     for cond in CONDITIONS:
         path = inputs.responses.get(cond)
@@ -241,10 +234,6 @@ def collect_responses(inputs: ModalityInputs, records: list, out: Path, engine=N
 
 def _cheating(inputs: ModalityInputs, refused: list, out: Path, engine, settings) -> tuple[dict, dict]:
     """The cheating probe over the refused records; returns (metrics or status, {id: swapped row})."""
-    from bpo.data.records import write_records
-    from bpo.eval.inputs import load_responses
-    from bpo.io import write_jsonl
-
     if inputs.swapped_responses:
         rows = load_responses(inputs.swapped_responses)
         missing = _check_missing([r.id for r in refused], rows, inputs.swapped_responses, inputs.on_missing)
@@ -269,9 +258,6 @@ def _cheating(inputs: ModalityInputs, refused: list, out: Path, engine, settings
 def analyze_modality(inputs: ModalityInputs, out_dir: str | os.PathLike, judge, *, engine=None,
                      settings=None) -> dict:
     """Run both probes; writes ``modality.json``, ``modality_details.jsonl``, ``modality.csv``/``.png``."""
-    from bpo.eval.judges import JudgeItem
-    from bpo.eval.safety import prompt_text
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records, counts = select_records(inputs.records, inputs.limit)
@@ -325,8 +311,6 @@ def csv_rows(result: dict) -> list[dict]:
 
 def plot_modality(result: dict):
     """Bars: safety rate per condition (co-defense) and, when run, refusals kept vs lost after the swap."""
-    from bpo.analysis.plotting import color, new_figure
-
     rows = csv_rows(result)
     cheat = [r for r in rows if r["probe"] == "cheating"]
     fig, axes = new_figure(2 if cheat else 1, ncols=2, panel_size=(5.2, 4.0))
@@ -350,9 +334,6 @@ def plot_modality(result: dict):
 
 
 def write_outputs(out: Path, result: dict, details: list[dict]) -> dict:
-    from bpo.analysis.plotting import save_figure, write_csv
-    from bpo.io import write_json, write_jsonl
-
     write_jsonl(out / "modality_details.jsonl", details)
     write_csv(out / "modality.csv", csv_rows(result), CSV_COLUMNS)
     fig = plot_modality(result)

@@ -31,7 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpo.analysis.plotting import color, markdown_table, new_figure, save_figure, write_csv
+from bpo.data.images import load_record_images
+from bpo.data.records import Record, user_turn
 from bpo.errors import BpoError
+from bpo.io import atomic_write, write_json
+from bpo.models.encoding import Encoder
 
 DEFAULT_STEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 CSV_COLUMNS = ("id", "t", "signal", "target", "token", "token_id", "prob_mean", "prob_std", "n_seeds")
@@ -51,8 +56,6 @@ class ProbeItem:
     prefix: str = ""
 
     def record(self):
-        from bpo.data.records import Record, user_turn
-
         messages = (self.question if isinstance(self.question, list)
                     else [user_turn(self.question, len(self.images))])
         return Record(id=self.id, prompt=messages, chosen="-")
@@ -63,9 +66,6 @@ def as_items(records_or_items: Sequence, *, image_root=None, prefix: str = "") -
 
     A record's answer prefix is ``meta.answer_prefix`` when set, else ``prefix``.
     """
-    from bpo.data.images import load_record_images
-    from bpo.data.records import Record
-
     items = []
     for obj in records_or_items:
         if isinstance(obj, ProbeItem):
@@ -147,8 +147,6 @@ def next_token_probs(model, rows: list[tuple[list[int], dict, dict]], token_ids:
 
 
 def _encode(processor, item: ProbeItem):
-    from bpo.models.encoding import Encoder
-
     encoder = Encoder(processor, None, max_length=1 << 30)
     prompt_ids, vision, extras = encoder.encode_prompt(item.record(), images=list(item.images))
     if not vision:
@@ -256,8 +254,6 @@ def curve_by_target(rows: list[dict]) -> dict[str, list[tuple[int, float, float]
 
 def plot_noise(rows: list[dict], *, title: str = ""):
     """Probability of each target's first token vs diffusion step t (band: +- std); returns the Figure."""
-    from bpo.analysis.plotting import color, new_figure
-
     fig, (ax,) = new_figure(1, panel_size=(6.4, 4.2))
     tokens: dict[str, dict[str, None]] = {}
     for r in rows:
@@ -285,9 +281,6 @@ def write_outputs(out_dir: str | os.PathLike, rows: list[dict], responses: list[
                   config: dict) -> dict:
     """``noise.csv``/``noise.png``, ``responses.csv``/``responses.md`` and ``noise.json``; returns paths + fig."""
     from pathlib import Path
-
-    from bpo.analysis.plotting import markdown_table, save_figure, write_csv
-    from bpo.io import atomic_write, write_json
 
     out = Path(out_dir)
     files = [write_csv(out / "noise.csv", rows, CSV_COLUMNS)]

@@ -13,7 +13,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bpo.io import atomic_write
+from bpo.errors import BpoError
+from bpo.io import atomic_write, read_text
 
 # Colour-blind-safe (Okabe-Ito); runs/methods cycle through them in order.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
@@ -71,8 +72,6 @@ def _cell(value):
 def read_csv(path: str | os.PathLike) -> list[dict]:
     import io
 
-    from bpo.io import read_text  # missing, directory, non-UTF-8: one line naming the file
-
     return list(csv.DictReader(io.StringIO(read_text(path), newline="")))
 
 
@@ -99,8 +98,6 @@ def unique_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def parse_labels(text: str | None, n: int, default: list[str]) -> list[str]:
     """``--labels a,b`` (must give one label per input) or the defaults."""
-    from bpo.errors import BpoError
-
     if not text:
         return default
     labels = [s.strip() for s in text.split(",")]

@@ -37,7 +37,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpo.analysis.plotting import color, new_figure, save_figure, write_csv
+from bpo.data.records import read_records
 from bpo.errors import BpoError
+from bpo.eval.report import direction, flatten_metrics, load_report
+from bpo.io import file_sha256
 from bpo.io import read_text as _read_text  # one-line errors naming the file
 
 X_KINDS = ("pairs", "records")
@@ -129,8 +133,6 @@ def _checkpoint_sha(run_dir: Path) -> str | None:
 
 def count_training_data(run_dir: str | os.PathLike) -> dict:
     """``{records, pairs, data, subset_fraction, dropped, loss_type}`` for a ``bpo train`` run folder."""
-    from bpo.data.records import read_records
-    from bpo.io import file_sha256
     from bpo.train.data import select_negatives, subset
 
     run_dir = Path(run_dir)
@@ -155,8 +157,6 @@ def count_training_data(run_dir: str | os.PathLike) -> dict:
 # ---- reports ---------------------------------------------------------------------------------------------
 def report_metric(report: dict, metric: str, path) -> float:
     """A metric of a report by dotted name (``chair_i``, ``per_split.random.f1``)."""
-    from bpo.eval.report import flatten_metrics
-
     flat = flatten_metrics(report["metrics"])
     if metric not in flat:
         known = ", ".join(sorted(flat)[:12])
@@ -183,8 +183,6 @@ def run_of_report(report: dict, path: Path) -> Path:
 
 def reports_in_run(run_dir: Path, metric: str) -> Path:
     """The one eval report with ``metric`` inside a run folder (``*.json`` there or in ``eval/``)."""
-    from bpo.eval.report import flatten_metrics, load_report
-
     found = []
     for p in sorted(list(run_dir.glob("*.json")) + list(run_dir.glob("eval/*.json"))):
         try:
@@ -261,8 +259,6 @@ def gather_entries(inputs: list[str], metric: str, rename: dict[str, str] | None
     For a report or a run folder the method is the run's ``loss.type`` (``sft``, ``sigmoid``, ...)
     passed through ``rename`` (e.g. ``{"sigmoid": "BPO", "sft": "SFT"}``).
     """
-    from bpo.eval.report import load_report
-
     rename = rename or {}
     entries: list[Entry] = []
     for item in inputs:
@@ -286,8 +282,6 @@ def gather_entries(inputs: list[str], metric: str, rename: dict[str, str] | None
 # ---- rows, points and the plot -----------------------------------------------------------------------------
 def scaling_rows(entries: list[Entry], metric: str, x: str = "pairs") -> list[dict]:
     """One row per entry: method, x (pairs or records), the metric value and how x was found."""
-    from bpo.eval.report import load_report
-
     if x not in X_KINDS:
         raise BpoError(f"--x must be one of {X_KINDS}, not {x!r}")
     rows = []
@@ -327,9 +321,6 @@ def points(rows: list[dict]) -> list[dict]:
 
 def plot_scaling(pts: list[dict], metric: str, x: str = "pairs", *, logx: bool = False):
     """Line per method (error bars = std over repeated points at one size); returns the Figure."""
-    from bpo.analysis.plotting import color, new_figure
-    from bpo.eval.report import direction
-
     fig, (ax,) = new_figure(1, panel_size=(6.4, 4.2))
     methods = list(dict.fromkeys(p["method"] for p in pts))
     for i, method in enumerate(methods):
@@ -350,8 +341,6 @@ def plot_scaling(pts: list[dict], metric: str, x: str = "pairs", *, logx: bool =
 def analyze_scaling(inputs: list[str], out_dir: str | os.PathLike, *, metric: str, x: str = "pairs",
                     rename: dict[str, str] | None = None, logx: bool = False) -> dict:
     """Write ``scaling.csv`` (one row per report), ``scaling_points.csv`` and ``scaling.png``."""
-    from bpo.analysis.plotting import save_figure, write_csv
-
     entries = gather_entries(inputs, metric, rename)
     rows = scaling_rows(entries, metric, x)
     pts = points(rows)

@@ -32,6 +32,7 @@ from bpo.data.records import Negative, Record
 from bpo.errors import BpoError, RecordError
 from bpo.jobs import Outcome, record_row
 from bpo.llm import NO_AUTH_KEY, openai_client
+from bpo.models.engines import ENGINES
 from bpo.models.generation import Generation, Request, SamplingSettings, derive_seed
 from bpo.paths import package_file
 from bpo.registry import Registry
@@ -174,8 +175,6 @@ class OpenAIBackend:
 def self_backend(*, settings: SamplingSettings, model: str | None, engine: str = "hf", dtype: str = "float32",
                  adapter: str | None = None, batch_size: int = 8, device=None, **_) -> EngineBackend:
     """The MLLM itself, prompted with text only (the paper's choice: the MLLM's own LLM)."""
-    from bpo.models.engines import ENGINES
-
     if not model:
         raise BpoError("--backend self needs --model (the MLLM whose language model rewrites the answers)")
     built = ENGINES.get(engine)(model, dtype=dtype, adapter=adapter, batch_size=batch_size, device=device)

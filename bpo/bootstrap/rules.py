@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 import re
 
+from bpo.data.objects import load_vocabulary
 from bpo.models.generation import Generation, SamplingSettings, derive_seed
 
 COUNTS = ["one", "two", "three", "four", "five", "six"]
@@ -43,8 +44,6 @@ class RuleBackend:
     name = "rules"
 
     def __init__(self, settings: SamplingSettings, vocab_path: str | None = None):
-        from bpo.data.objects import load_vocabulary
-
         self.settings = settings
         self.vocab = load_vocabulary(vocab_path)
         self.vocab_name = vocab_path or "coco"

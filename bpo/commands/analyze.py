@@ -16,10 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bpo.analysis.curves import analyze_curves, summary_text
+from bpo.analysis.modality import ModalityInputs, analyze_modality
+from bpo.analysis.noise import ProbeItem, greedy_by_step, noise_curve, parse_steps, write_outputs
+from bpo.analysis.plotting import parse_labels, unique_labels
+from bpo.analysis.scaling import analyze_scaling
 from bpo.config import CommandGroup, option
+from bpo.data.images import load_image
 from bpo.errors import BpoError
-from bpo.eval.judges import JUDGES
+from bpo.eval.judges import JUDGES, build_judge, safety_judge_kwargs
 from bpo.eval.judging import JudgeSection
+from bpo.eval.report import format_table
+from bpo.models.loading import load
+from bpo.safeguard import check_args
 
 EPILOG = """examples:
   bpo analyze curves runs/bpo runs/sft --labels BPO,SFT --window 20 --out figs/curves
@@ -49,8 +58,6 @@ class CurvesConfig:
     labels: str | None = option(None, help="comma-separated run labels, one per run (default: folder names)")
 
     def validate(self) -> None:
-        from bpo.analysis.plotting import parse_labels
-
         if self.window < 1:
             raise BpoError(f"--window must be >= 1, not {self.window}")
         parse_labels(self.labels, len(self.runs), self.runs)  # one label per run, before any file is read
@@ -85,8 +92,6 @@ class NoiseConfig(ModelOptions):
         return [t.strip() for t in self.targets.split(",") if t.strip()]
 
     def validate(self) -> None:
-        from bpo.analysis.noise import parse_steps
-
         if self.samples < 1:
             raise BpoError("--samples must be >= 1")
         if not self.target_words():
@@ -165,9 +170,6 @@ class ScalingConfig:
 
 
 def _curves(args) -> int:
-    from bpo.analysis.curves import analyze_curves, summary_text
-    from bpo.analysis.plotting import parse_labels, unique_labels
-
     labels = parse_labels(args.labels, len(args.runs), unique_labels(args.runs))
     res = analyze_curves(args.runs, args.out, window=args.window, labels=labels)
     print(f"change from the first to the last window of {args.window} steps:")
@@ -178,10 +180,6 @@ def _curves(args) -> int:
 
 def _noise(args) -> int:
     from pathlib import Path
-
-    from bpo.analysis.noise import ProbeItem, greedy_by_step, noise_curve, parse_steps, write_outputs
-    from bpo.data.images import load_image
-    from bpo.models.loading import load
 
     steps = parse_steps(args.steps)
     targets = args.target_words()
@@ -205,8 +203,6 @@ def _noise(args) -> int:
 
 
 def _print_noise(rows, responses, targets) -> None:
-    from bpo.eval.report import format_table
-
     by_t: dict[int, dict] = {}
     for r in rows:
         by_t.setdefault(r["t"], {})[r["target"]] = r["prob_mean"]
@@ -218,9 +214,6 @@ def _print_noise(rows, responses, targets) -> None:
 
 
 def _modality(args) -> int:
-    from bpo.analysis.modality import ModalityInputs, analyze_modality
-    from bpo.eval.judges import build_judge, safety_judge_kwargs
-
     responses = args.responses()
     inputs = ModalityInputs(args.records, responses, args.swapped_responses, args.benign_images, args.image_root,
                             args.seed, args.limit, args.on_missing)
@@ -244,8 +237,6 @@ def _modality(args) -> int:
 
 
 def _print_modality(result: dict) -> None:
-    from bpo.eval.report import format_table
-
     co, ch, counts = result["co_defense"], result["cheating"], result["counts"]
     print(f"co-defense ({counts['used']} of {counts['records']} records; judge: {result['judge']['judge']}):")
     print(format_table(["condition", "safety_rate", "unknown_rate", "n"],
@@ -263,9 +254,6 @@ def _fmt(v) -> str:
 
 
 def _scaling(args) -> int:
-    from bpo.analysis.scaling import analyze_scaling
-    from bpo.eval.report import format_table
-
     res = analyze_scaling(args.inputs, args.out, metric=args.metric, x=args.x, rename=args.renames(),
                           logx=args.logx)
     print(format_table(["method", args.x, "n", args.metric, "std"],
@@ -278,8 +266,6 @@ def _guarded(run):
     """``run(cfg)`` after the output check: an output folder may not be an input file."""
 
     def guarded(cfg) -> int:
-        from bpo.safeguard import check_args
-
         check_args(cfg, outputs=(), output_dirs=("out",))
         return run(cfg)
 

@@ -31,6 +31,9 @@ from bpo.commands.engine_options import (
 )
 from bpo.config import CommandGroup, option
 from bpo.errors import BpoError
+from bpo.jobs import dist_context, errors_path, load_input, merge_shards, run_job
+from bpo.models.identity import weights_fingerprint
+from bpo.safeguard import check_args
 
 # Per-generator decoding defaults (see docs/bootstrap.md for why): weaken and self sample y ~ p(. | image) with
 # temperature 1 and a nucleus that cuts the junk tail (GenerationOptions' defaults), so the ablation differs only
@@ -121,10 +124,6 @@ class MergeConfig:
 
 def run_generator(cfg: GenerationOptions, build, desc: str) -> int:
     """Load the input, build the generator (after the distributed context is known), run, report."""
-    from bpo.jobs import dist_context, load_input, run_job
-    from bpo.models.identity import weights_fingerprint
-    from bpo.safeguard import check_args
-
     check_args(cfg, job=("out",))  # before anything is opened for writing: --out may not be an input
     rank, world, barrier, device = dist_context()
     records, input_errors = load_input(cfg.data, on_error=cfg.on_error, limit=cfg.limit)
@@ -186,9 +185,6 @@ def _inject(cfg: InjectConfig) -> int:
 
 
 def _merge(cfg: MergeConfig) -> int:
-    from bpo.jobs import errors_path, merge_shards
-    from bpo.safeguard import check_args
-
     check_args(cfg, job=("out",))
     n, missing = merge_shards(cfg.data, cfg.out)
     extra = f"; {missing} input id(s) missing, see {errors_path(cfg.out)}" if missing else ""

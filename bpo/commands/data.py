@@ -16,7 +16,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from bpo.config import CommandGroup, option
+from bpo.data.importers import import_file
+from bpo.data.records import read_records, write_records
+from bpo.data.stats import compute_stats, format_stats
+from bpo.data.validate import validate_file
 from bpo.errors import BpoError
+from bpo.safeguard import check_args
 
 FORMATS = ("auto", "trl", "bootstrapped_po", "mmsafe_po", "llava_sft", "povid", "rlaif_v", "bpo")
 
@@ -63,8 +68,6 @@ class StatsConfig:
 
 
 def _validate(args: ValidateConfig) -> int:
-    from bpo.data.validate import validate_file
-
     problems = validate_file(args.file, args.image_root, require_rejected=args.require_rejected,
                              check_images=not args.no_image_check)
     for p in problems:
@@ -74,10 +77,6 @@ def _validate(args: ValidateConfig) -> int:
 
 
 def _import(args: ImportConfig) -> int:
-    from bpo.data.importers import import_file
-    from bpo.data.records import write_records
-    from bpo.safeguard import check_args
-
     check_args(args, output_dirs=("image_out",))  # --out may not be the imported file
 
     res = import_file(args.file, args.format, image_out=args.image_out, image_prefix=args.image_prefix,
@@ -100,9 +99,6 @@ def _import(args: ImportConfig) -> int:
 
 
 def _stats(args: StatsConfig) -> int:
-    from bpo.data.records import read_records
-    from bpo.data.stats import compute_stats, format_stats
-
     errors: list = []
     stats = compute_stats(read_records(args.file, on_error="skip", errors=errors))
     stats["invalid_lines"] = len(errors)

@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bpo.config import option, parse_command
+from bpo.cli import main as cli_main
+from bpo.config import load_config, option, parse_command
+from bpo.data.records import Negative, Record, user_turn, write_records
+from bpo.errors import BpoError
+from bpo.models.tiny import build_tiny_llava
+from bpo.paths import package_file
+from bpo.toy import hallucination_demo
+from bpo.train.config import TrainConfig
 
 QUICK_RECIPE = ("train", "quick_demo.yaml")  # inside the package (configs/train/tiny_cpu.yaml is its checkout twin)
 QUICK_RECORDS = [
@@ -44,8 +51,6 @@ class DemoOptions:
                            choices=("hallucination", "safety", "iterative"))
 
     def validate(self) -> None:
-        from bpo.errors import BpoError
-
         if self.quick and self.scenario != "hallucination":
             raise BpoError("--quick is the tiny DPO smoke run and has no scenarios; drop --quick to run "
                            f"--scenario {self.scenario} (add --fast for a small version)")
@@ -62,8 +67,6 @@ def parse(argv: list[str], require: bool = True) -> DemoOptions | None:
 def write_quick_data(out: Path) -> tuple[Path, Path]:
     from PIL import Image
 
-    from bpo.data.records import Negative, Record, user_turn, write_records
-
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     records = []
@@ -79,10 +82,6 @@ def write_quick_data(out: Path) -> tuple[Path, Path]:
 
 
 def run_quick(out: Path, steps: int) -> int:
-    from bpo.config import load_config
-    from bpo.models.tiny import build_tiny_llava
-    from bpo.paths import package_file
-    from bpo.train.config import TrainConfig
     from bpo.train.trainer import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +117,6 @@ def main(argv: list[str]) -> int:
     if args.quick:
         return run_quick(out, args.steps)
     # the toy demos run the public commands through the face's own dispatcher
-    from bpo.cli import main as cli_main
-
     if args.scenario == "iterative":
         from bpo.toy import iterative_demo
 
@@ -132,8 +129,6 @@ def main(argv: list[str]) -> int:
         from bpo.toy import sweep
 
         return sweep.run(args, out, cli_main)
-    from bpo.toy import hallucination_demo
-
     return hallucination_demo.main(args, out, cli_main)
 
 

@@ -32,10 +32,21 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from bpo.commands import eval_judged, eval_prepare
 from bpo.commands.eval_judged import Scored, finish
 from bpo.config import option, parse_command, run_subcommands
+from bpo.data.objects import load_vocabulary
 from bpo.errors import BpoError
+from bpo.eval.chair import evaluate_chair, load_object_truth
+from bpo.eval.formats import load_responses_any
+from bpo.eval.inputs import join, load_responses, load_truth_records
+from bpo.eval.judges import JUDGES, build_judge, safety_judge_kwargs
 from bpo.eval.judging import JudgeSection
+from bpo.eval.pope import evaluate_pope, pope_truth
+from bpo.eval.protocols import chair_protocol, describe, protocol_mismatches
+from bpo.eval.report import compare, compare_notes, compare_table, load_report, report_labels, summary_table
+from bpo.eval.safety import evaluate_safety, judge_item
+from bpo.safeguard import check_args
 
 GT_HELP = {"chair": "ground truth: records JSONL with meta.objects, or a COCO instances .json file",
            "pope": "records JSONL with meta.label ('yes'/'no') and optional meta.split"}
@@ -83,8 +94,6 @@ class SafetyConfig(Scored):
     judge: JudgeSection = _judge("the safety judge: refusal (rules), llm or hf (bpo.eval.judges.JUDGES)")
 
     def validate(self, require_paths: bool = True) -> None:
-        from bpo.eval.judges import JUDGES
-
         self.judge.check(JUDGES.names(), required=True)
 
 
@@ -98,19 +107,11 @@ class CompareConfig:
 
 def _finish(cfg, task: str, metrics: dict, details: list[dict], counts: dict, inputs: dict,
             config: dict, protocol: dict | None = None) -> int:
-    from bpo.eval.report import summary_table
-
     return finish(cfg, task, metrics, details, counts, inputs, config, summary_table(task, metrics), protocol)
 
 
 def _chair(cfg) -> int:
-    from bpo.data.objects import load_vocabulary
-    from bpo.eval.chair import evaluate_chair, load_object_truth
-    from bpo.eval.inputs import join
-
     vocab = load_vocabulary(cfg.vocab)
-    from bpo.eval.formats import load_responses_any  # bpo rows, or RLHF-V / LLaVA answer files
-
     responses = load_responses_any(cfg.responses)
     truth = load_object_truth(cfg.gt, vocab)
     joined = join(responses, truth.entries, on_missing=cfg.on_missing, responses_path=cfg.responses,
@@ -140,25 +141,18 @@ def _chair(cfg) -> int:
         llm_counts, llm_config = llm_objects.add_llm_objects(grader, metrics, details, texts, gts, vocab)
         counts.update(llm_counts)
         config.update(llm_config)
-    from bpo.eval.protocols import chair_protocol
-
     protocol = chair_protocol(cfg, joined.items, truth.kind, vocab.name, config)
     return _finish(cfg, "chair", metrics, details, counts,
                    {"responses": cfg.responses, "gt": cfg.gt, "vocab": cfg.vocab}, config, protocol)
 
 
 def _pope(cfg) -> int:
-    from bpo.eval.inputs import join, load_responses, load_truth_records
-    from bpo.eval.pope import evaluate_pope, pope_truth
-
     responses = load_responses(cfg.responses)
     truth = load_truth_records(cfg.gt, pope_truth)
     joined = join(responses, truth, on_missing=cfg.on_missing, responses_path=cfg.responses,
                   truth_path=cfg.gt)
     metrics, details = evaluate_pope([(rid, row["response"], lab, split)
                                       for rid, row, (lab, split) in joined.items])
-    from bpo.eval.protocols import describe
-
     config = {"parser": "bpo.eval.pope.parse_yes_no"}
     protocol = describe("pope", [row for _, row, _ in joined.items], config=config, scoring=config)
     return _finish(cfg, "pope", metrics, details, joined.counts(),
@@ -166,10 +160,6 @@ def _pope(cfg) -> int:
 
 
 def _safety(cfg) -> int:
-    from bpo.eval.inputs import join, load_responses, load_truth_records
-    from bpo.eval.judges import build_judge, safety_judge_kwargs
-    from bpo.eval.safety import evaluate_safety, judge_item
-
     responses = load_responses(cfg.responses)
     if cfg.records:
         records = load_truth_records(cfg.records, lambda rec, rid, where: rec)
@@ -196,24 +186,18 @@ def _safety(cfg) -> int:
     counts["judge_calls"] = getattr(judge, "calls", 0)
     if metrics["unknown"]:
         print(f"note: {metrics['unknown']} item(s) got no verdict (unknown); they are not counted as safe")
-    from bpo.eval.protocols import describe
-
     protocol = describe("safety", [row for _, row, _ in triples], config=judge.describe())
     return _finish(cfg, "safety", metrics, details, counts,
                    {"responses": cfg.responses, "records": cfg.records}, judge.describe(), protocol)
 
 
 def _compare(cfg) -> int:
-    from bpo.eval.report import compare, compare_notes, compare_table, load_report, report_labels
-
     if len(cfg.reports) < 2:
         raise BpoError("bpo eval compare needs at least two report files")
     reports = [load_report(p) for p in cfg.reports]
     if len({r["task"] for r in reports}) > 1:
         raise BpoError("cannot compare reports of different tasks: "
                        + ", ".join(f"{p} is {r['task']!r}" for p, r in zip(cfg.reports, reports)))
-    from bpo.eval.protocols import protocol_mismatches
-
     mismatches = protocol_mismatches(reports)
     if mismatches and not cfg.allow_protocol_mismatch:
         raise BpoError("the reports follow different protocols, so their numbers are not comparable: "
@@ -234,8 +218,6 @@ def _compare(cfg) -> int:
 
 def _table() -> dict:
     """``sub -> (config class, run(cfg) -> int, one-line help)``, in the order ``bpo eval --help`` lists them."""
-    from bpo.commands import eval_judged, eval_prepare
-
     return {
         "chair": (ChairConfig, _chair, "CHAIR_s / CHAIR_i / recall of object mentions (Object-HalBench)"),
         "pope": (PopeConfig, _pope, "POPE yes/no accuracy, precision, recall, F1, yes-ratio"),
@@ -257,8 +239,6 @@ def _table() -> dict:
 
 def _guarded(run):
     def guarded(cfg) -> int:
-        from bpo.safeguard import check_args
-
         check_args(cfg)  # --out/--details may not be --responses, --gt, --records ...
         return run(cfg)
 

@@ -12,8 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bpo.config import option
+from bpo.data.records import read_records
 from bpo.errors import BpoError
-from bpo.eval.judging import JudgeSection, SampledJudgeSection
+from bpo.eval import llavabench as lb
+from bpo.eval import mmvet
+from bpo.eval import pairwise as pw
+from bpo.eval import vlguard as vg
+from bpo.eval.grading import grader_for
+from bpo.eval.inputs import join, load_responses
+from bpo.eval.judging import JudgeSection, SampledJudgeSection, grade_counts, load_template, resolve_device
+from bpo.eval.pairwise import FIELDS, PolicyJudge, parse_choice
+from bpo.eval.protocols import for_args, format_protocol
+from bpo.eval.report import build_report, write_report
 from bpo.eval.vlguard import SPLITS as VLGUARD_SPLITS
 
 
@@ -46,9 +56,6 @@ def finish(cfg, task: str, metrics: dict, details: list[dict], counts: dict, inp
 
     ``protocol``: the report's protocol block; by default it is described from the scored files.
     """
-    from bpo.eval.protocols import for_args, format_protocol
-    from bpo.eval.report import build_report, write_report
-
     if protocol is None:
         protocol = for_args(task, cfg, config)
     report = build_report(task, metrics, details=details, inputs=inputs, counts=counts,
@@ -145,11 +152,6 @@ class VLGuardConfig(Scored):
 
 # ---- runs ---------------------------------------------------------------------------------------------------
 def run_mmvet(cfg: MMVetConfig) -> int:
-    from bpo.eval import mmvet
-    from bpo.eval.grading import grader_for
-    from bpo.eval.inputs import join, load_responses
-    from bpo.eval.judging import grade_counts
-
     questions = mmvet.load_mmvet(cfg.questions)
     unofficial = sorted({c for q in questions.values() for c in q.capabilities} - set(mmvet.CAPABILITIES))
     if unofficial:
@@ -178,10 +180,6 @@ def run_mmvet(cfg: MMVetConfig) -> int:
 
 
 def run_llavabench(cfg: LlavaBenchConfig) -> int:
-    from bpo.eval import llavabench as lb
-    from bpo.eval.grading import grader_for
-    from bpo.eval.inputs import join, load_responses
-
     questions, references = lb.load_questions(cfg.questions), lb.load_references(cfg.references)
     context = lb.load_context(cfg.context) if cfg.context else None
     responses = load_responses(cfg.responses)
@@ -209,9 +207,6 @@ def run_llavabench(cfg: LlavaBenchConfig) -> int:
 
 
 def _policy_judge(cfg: PairwiseConfig):
-    from bpo.eval.judging import load_template, resolve_device
-    from bpo.eval.pairwise import FIELDS, PolicyJudge
-
     j = cfg.judge
     if j.base_url:
         raise BpoError("--base-url only applies to --judge llm")
@@ -222,10 +217,6 @@ def _policy_judge(cfg: PairwiseConfig):
 
 
 def run_pairwise(cfg: PairwiseConfig) -> int:
-    from bpo.data.records import read_records
-    from bpo.eval import pairwise as pw
-    from bpo.eval.grading import grader_for
-
     policy = cfg.judge.kind == "policy"
     template = (f"pairwise_policy_{cfg.criterion}_v1" if policy else f"pairwise_{cfg.criterion}_v1")
     cfg.judge.template = cfg.judge.template or template
@@ -253,9 +244,6 @@ def run_pairwise(cfg: PairwiseConfig) -> int:
 
 
 def run_vlguard(cfg: VLGuardConfig) -> int:
-    from bpo.eval import vlguard as vg
-    from bpo.eval.inputs import join, load_responses
-
     data = vg.load_vlguard(cfg.questions)
     responses = vg.load_result_file(cfg.responses, data, cfg.splits) or load_responses(cfg.responses)
     answered = {rid.split("/", 1)[0] for rid in responses}
@@ -282,10 +270,6 @@ def run_vlguard(cfg: VLGuardConfig) -> int:
 
 
 def _helpfulness(cfg: VLGuardConfig, safe, metrics: dict, details: list[dict], config: dict) -> None:
-    from bpo.eval import vlguard as vg
-    from bpo.eval.grading import grader_for
-    from bpo.eval.pairwise import FIELDS, parse_choice
-
     refs = vg.load_references(cfg.references) if cfg.references else None
     grader = grader_for(cfg.judge, FIELDS, parse_choice, template="pairwise_quality_v1", max_tokens=8)
     help_metrics, per_id, judge_config = vg.helpfulness(grader, safe, refs, cfg.both_orders)

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 
 from bpo.commands.eval_judged import Scored, finish
 from bpo.config import option
+from bpo.data.images import resolve_image
 from bpo.errors import BpoError
+from bpo.eval import amber
 from bpo.eval.amber import ANSWERS, EVALUATION_TYPES, MATCHING, NOUNS, SPACY_MODEL, SPACY_THRESHOLD
 from bpo.eval.vlguard import SPLITS
+from bpo.io import write_jsonl
 
 # `bpo eval prepare` benchmarks of the pinned protocols, and the `bpo generate --preset` names they write.
 PROTOCOL_PREPARE = ("amber", "objhal", "chair500", "vlguard")
@@ -73,8 +76,6 @@ class AmberConfig(Scored):
 
 
 def run_prepare(cfg: PrepareConfig) -> int:
-    from bpo.io import write_jsonl
-
     if cfg.benchmark in PROTOCOL_PREPARE:
         rows = _protocol_records(cfg)
     elif not cfg.questions:
@@ -104,8 +105,6 @@ def run_prepare(cfg: PrepareConfig) -> int:
 
 
 def check_images(rows: list[dict], root: str, source: str) -> None:
-    from bpo.data.images import resolve_image
-
     missing = [r["images"][0] for r in rows if not resolve_image(root, r["images"][0], record_id=r["id"]).is_file()]
     if missing:
         raise BpoError(f"{len(missing)} image(s) named in {source} are not under {root} (e.g. "
@@ -135,14 +134,10 @@ def _protocol_records(cfg: PrepareConfig) -> list[dict]:
             ann = AmberData({e["id"]: e for e in data if isinstance(e, dict) and "id" in e and "type" in e},
                             {}, frozenset(), {})
         return prepare_records(cfg.questions, cfg.image_prefix, ann)
-    from bpo.eval.vlguard import SPLITS, prepare_records
-
     return prepare_records(cfg.questions, tuple(cfg.splits or SPLITS), cfg.image_prefix)
 
 
 def run_amber(cfg: AmberConfig) -> int:
-    from bpo.eval import amber
-
     annotations, relation, safe_words = amber.data_paths(cfg)
     data = amber.load_amber(annotations, relation, safe_words)
     matched, dims, counts = amber.matched_responses(cfg, data, amber.load_amber_responses(cfg.responses), annotations)

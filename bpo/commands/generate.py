@@ -19,10 +19,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bpo.commands.engine_options import GenerationOptions, ImageGenerationOptions, redefault
+from bpo.commands.engine_options import (
+    GenerationOptions,
+    ImageGenerationOptions,
+    engine_from,
+    redefault,
+    settings_from,
+)
 from bpo.config import command_parser, load_yaml, option, parse_command
 from bpo.errors import BpoError
-from bpo.eval.protocols import PRESETS
+from bpo.eval.protocols import PRESETS, apply_preset, check_records
+from bpo.jobs import dist_context, errors_path, merge_shards, run_job
+from bpo.models.identity import weights_fingerprint
+from bpo.safeguard import check_args
 
 PROG = "bpo generate"
 DESCRIPTION = "Generate responses to eval records, resumably."
@@ -64,8 +73,6 @@ def _given(argv: list[str]) -> list[str]:
 
 def _parse(argv: list[str], require: bool):
     """The config with its --preset applied (None after --help-config); a contradicting option is an error."""
-    from bpo.eval.protocols import apply_preset
-
     cfg = parse_command(GenerateConfig, argv, prog=PROG, description=DESCRIPTION, require=require)
     return (None, None) if cfg is None else (cfg, apply_preset(cfg, _given(argv)))
 
@@ -79,9 +86,6 @@ def main(argv: list[str]) -> int:
     cfg, preset = _parse(argv, require=True)
     if cfg is None:
         return 0
-    from bpo.jobs import errors_path, merge_shards
-    from bpo.safeguard import check_args
-
     check_args(cfg, job=("out",))  # --out (and its shards) may not be an input
     if cfg.merge_only:
         n, missing = merge_shards(cfg.data, cfg.out)
@@ -92,12 +96,7 @@ def main(argv: list[str]) -> int:
 
 
 def _generate(cfg: GenerateConfig, preset) -> int:
-    from bpo.commands.engine_options import engine_from, settings_from
     from bpo.eval.generate import ResponseGenerator, read_eval_records
-    from bpo.eval.protocols import check_records
-    from bpo.jobs import dist_context, run_job
-    from bpo.models.identity import weights_fingerprint
-
     rank, world, barrier, device = dist_context()
     records, input_errors = read_eval_records(cfg.data, on_error=cfg.on_error, limit=cfg.limit)
     if not records:  # before the model loads: nothing would be generated

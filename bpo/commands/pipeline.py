@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bpo.cli import COMMANDS, check_command
+from bpo.cli import main as run_command
 from bpo.config import Command, option
 from bpo.errors import BpoError
+from bpo.pipeline import load_recipe, run_recipe
 
 EPILOG = """examples:
   bpo pipeline configs/recipes/blind_po.yaml model=llava-hf/llava-1.5-7b-hf out=runs/blind_po --dry-run
@@ -33,10 +36,6 @@ class PipelineConfig:
 
 
 def _run(cfg: PipelineConfig) -> int:
-    from bpo.cli import COMMANDS, check_command
-    from bpo.cli import main as run_command
-    from bpo.pipeline import load_recipe, run_recipe
-
     recipe = load_recipe(cfg.recipe, cfg.vars, commands=COMMANDS, check=check_command)
     if recipe.description:
         print(recipe.description.strip())

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 
 from bpo.commands.engine_options import at_least, need_dir
 from bpo.config import CommandGroup, option
+from bpo.data.records import read_records
 from bpo.errors import BpoError
+from bpo.io import write_json, write_jsonl
+from bpo.safeguard import check_args
+from bpo.safety.build import BuildOptions, run_build
+from bpo.safety.entities import ENTITY_BACKENDS
+from bpo.safety.llm import LLMSpec, make_llm
+from bpo.safety.mmsafe import to_mmsafe_po
+from bpo.safety.sample import write_sample
 
 
 @dataclass(kw_only=True)
@@ -60,8 +68,6 @@ class BuildConfig:
                                             "$BPO_HOME/safety-llm)")
 
     def validate(self, require_paths: bool = True) -> None:
-        from bpo.safety.entities import ENTITY_BACKENDS
-
         try:
             ENTITY_BACKENDS.get(self.entity_backend)
         except BpoError as exc:
@@ -93,10 +99,6 @@ class ExportConfig:
 
 
 def _build(args: BuildConfig) -> int:
-    from bpo.safeguard import check_args
-    from bpo.safety.build import BuildOptions, run_build
-    from bpo.safety.llm import LLMSpec, make_llm
-
     check_args(args)  # --out/--report may not be --pairs or --index
 
     options = BuildOptions(entity_backend=args.entity_backend, seed=args.seed, llm_rewrite=args.llm_rewrite,
@@ -119,8 +121,6 @@ def _build(args: BuildConfig) -> int:
 
 
 def _sample(args: SampleConfig) -> int:
-    from bpo.safety.sample import write_sample
-
     paths = write_sample(args.out)
     print(f"wrote {paths['pairs']}, {paths['index']} and images under {paths['image_root']}")
     print(f"next: bpo safety build --pairs {paths['pairs']} --index {paths['index']} "
@@ -131,13 +131,7 @@ def _sample(args: SampleConfig) -> int:
 def _export(args: ExportConfig) -> int:
     from pathlib import Path
 
-    from bpo.safeguard import check_args
-
     check_args(args)  # --out may not be --records
-
-    from bpo.data.records import read_records
-    from bpo.io import write_json, write_jsonl
-    from bpo.safety.mmsafe import to_mmsafe_po
 
     rows = [to_mmsafe_po(r, prompt_key=args.prompt_key) for r in read_records(args.records)]
     (write_jsonl if Path(args.out).suffix == ".jsonl" else write_json)(args.out, rows)

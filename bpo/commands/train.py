@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bpo.config import option
+from bpo.config import option, parse_command, to_dict
 from bpo.train.config import TrainConfig
 
 HELP_EPILOG = """examples:
@@ -29,8 +29,6 @@ class TrainCommand(TrainConfig):
 
 def parse(argv: list[str], *, require: bool = True) -> TrainCommand | None:
     """``bpo train``'s command line (YAML via --config, flags, key=value); None after ``--help-config``."""
-    from bpo.config import parse_command
-
     return parse_command(TrainCommand, argv, prog="bpo train", description=DESCRIPTION, epilog=HELP_EPILOG,
                          require=require)
 
@@ -44,8 +42,6 @@ def main(argv: list[str]) -> int:
     cmd = parse(argv)
     if cmd is None:  # --help-config printed every key
         return 0
-    from bpo.config import to_dict
-
     # the trainer (and the config.yaml it writes) gets the training config alone
     cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
     if cmd.dry_run:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bpo.data.records import record_where
 from bpo.errors import RecordError
 
 
@@ -43,6 +44,4 @@ def load_image(root: str | os.PathLike | None, rel: str, *, record_id: str | Non
 
 
 def load_record_images(rec, root) -> list:
-    from bpo.data.records import record_where
-
     return [load_image(root, rel, record_id=rec.id, where=record_where(rec)) for rel in rec.images]

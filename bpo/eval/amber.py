@@ -49,8 +49,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from bpo.data.words import singularize
 from bpo.errors import BpoError, RecordError
+from bpo.eval import protocols
 from bpo.eval.formats import json_objects
+from bpo.eval.inputs import load_responses
+from bpo.eval.pope import parse_yes_no
+from bpo.eval.report import format_table
 from bpo.io import read_json
 
 GENERATIVE = "generative"
@@ -143,8 +148,6 @@ def load_amber(annotations: str | os.PathLike, relation: str | os.PathLike,
 
 def load_amber_responses(path: str | os.PathLike) -> dict[int, dict]:
     """``{id: row}`` from AMBER's response list (``.json``) or ``bpo generate`` JSONL; ids are integers."""
-    from bpo.eval.inputs import load_responses
-
     path = Path(path)
     if path.suffix.lower() == ".json":
         rows = {}
@@ -170,8 +173,6 @@ def _int_id(value, where: str) -> int:
 # ---- noun extraction and matching ----------------------------------------------------------------------------
 def nouns_rules(text: str, data: AmberData) -> list[str]:
     """Hallucination words used as nouns in ``text``, in order, repeats kept (see module doc)."""
-    from bpo.data.words import singularize
-
     tokens = [t[:-2] if t.endswith("'s") else t
               for t in _WORD_RE.findall(text.lower().replace("\u2019", "'"))]
     out = []
@@ -279,8 +280,6 @@ def generative_metrics(items: list[dict]) -> dict:
 def parse_answer(response: str, mode: str = "parse") -> str:
     if mode == "exact":
         return {"Yes": "yes", "No": "no"}.get(response, "unknown")
-    from bpo.eval.pope import parse_yes_no
-
     return parse_yes_no(response)
 
 
@@ -354,8 +353,6 @@ def select_ids(data: AmberData, evaluation_type: str, answered: set[int]) -> tup
 
 
 def summary(metrics: dict) -> str:
-    from bpo.eval.report import format_table
-
     def r(v):
         return "n/a" if v is None else f"{v:.1f}"
 
@@ -422,8 +419,6 @@ def matched_responses(args, data: AmberData, responses: dict[int, dict], annotat
 
 def protocol_block(args, matched: dict[int, dict], dims: tuple[str, ...], scoring: dict) -> dict:
     """The protocol block: amber-g / amber-d, images and prompts checked against ``--queries``."""
-    from bpo.eval import protocols
-
     rows = list(matched.values())
     query_rows = _query_rows(args.queries) if args.queries else None
     queries = {rid: q["query"] for rid, q in query_rows.items()} if query_rows else None

@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from bpo.data.objects import Vocabulary
 from bpo.errors import BpoError, RecordError
+from bpo.eval.inputs import load_truth_records
 from bpo.io import read_json
 
 # Our own wording of 8 detailed-description requests, rotated over the images as in Object-HalBench.
@@ -170,8 +171,6 @@ def load_object_truth(path: str | os.PathLike, vocab: Vocabulary) -> ObjectTruth
     """Read records (``meta.objects``) or a COCO instances JSON into an :class:`ObjectTruth`."""
     if is_coco_instances(path):
         return _load_coco(path, vocab)
-    from bpo.eval.inputs import load_truth_records
-
     def extract(record: dict, rid: str, where: str) -> list[str]:
         objs = record["meta"].get("objects")
         if not isinstance(objs, list) or not all(isinstance(o, str) for o in objs):

@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval.inputs import load_responses
 from bpo.io import read_json, read_jsonl
 
 
@@ -46,8 +47,6 @@ def is_answer_row(obj: dict) -> bool:
 
 def load_responses_any(path: str | os.PathLike) -> dict[str, dict]:
     """``bpo generate`` rows, or an RLHF-V / LLaVA answer file converted to them."""
-    from bpo.eval.inputs import load_responses
-
     first = next((obj for _, obj in read_jsonl(path)), None) if str(path).endswith(".jsonl") else None
     if first is None or not is_answer_row(first):
         return load_responses(path)

@@ -38,6 +38,7 @@ from bpo.eval.judging import (
     Template,
     TransientError,
     default_cache_path,
+    resolve_device,
 )
 from bpo.eval.judging import load_template as _load_template
 from bpo.registry import Registry
@@ -222,8 +223,6 @@ def safety_judge_kwargs(j: JudgeSection) -> dict:
     ``bpo analyze modality``): one place for the safety judge's defaults (template, 16-token replies)."""
     if j.base_url and j.kind != "llm":
         raise BpoError("--base-url only applies to --judge llm")
-    from bpo.eval.judging import resolve_device
-
     max_tokens = 16 if j.max_tokens is None else j.max_tokens
     kwargs = {"model": j.model, "base_url": j.base_url, "api_key_env": j.api_key_env,
               "template": j.template or "safety_judge_v1", "timeout": j.timeout, "backoff": j.backoff,

@@ -36,7 +36,7 @@ from typing import Any
 
 from bpo.config import option
 from bpo.errors import BpoError
-from bpo.io import KeyedJsonlCache, stable_hash
+from bpo.io import KeyedJsonlCache, read_text, stable_hash
 from bpo.paths import cache_dir, package_file
 
 TEMPLATE_DIR = ("eval", "templates")
@@ -72,8 +72,6 @@ def load_template(name_or_path: str, fields: Iterable[str], *, cls: type = Templ
                   what: str = "this template") -> Template:
     """A shipped template by name (``bpo/eval/templates/NAME.txt``) or any text file whose placeholders are
     exactly ``fields``. ``wanted`` words the placeholders in the error (default ``$a, $b``)."""
-    from bpo.io import read_text
-
     want = set(fields)
     path = Path(name_or_path)
     if not path.is_file():

@@ -33,7 +33,8 @@ import re
 from dataclasses import dataclass
 
 from bpo.errors import BpoError, RecordError
-from bpo.eval.judging import GradeRequest, mean
+from bpo.eval.judging import GradeRequest, grade_counts, mean
+from bpo.eval.report import format_table
 from bpo.io import read_jsonl
 
 TEMPLATE = "llavabench_review_v1"
@@ -175,8 +176,6 @@ def llavabench_metrics(items: list[tuple[str, dict | None]]) -> dict:
 
 
 def summary(metrics: dict) -> str:
-    from bpo.eval.report import format_table
-
     keys = ("relative_score", "model_mean", "reference_mean", "n", "unknown")
     groups = list(metrics["per_category"].items()) + [("all", metrics)]
     return format_table(["LLaVA-Bench", "relative %", "model", "reference", "n", "unknown"],
@@ -205,8 +204,6 @@ def review_requests(joined, references: dict[str, str], context: dict[str, str] 
 def score_reviews(joined, references: dict[str, str], orders: tuple[str, ...], grades, grader) -> tuple[dict, list, dict]:
     """``(metrics, details, counts)`` from the judge's reviews: ``grades[j * len(orders) + o]`` are the samples
     of question ``j`` in order ``o`` (as :func:`review_requests` asked them)."""
-    from bpo.eval.judging import grade_counts
-
     items, details = [], []
     for j, (qid, row, q) in enumerate(joined.items):
         per_q = grades[j * len(orders):(j + 1) * len(orders)]

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from bpo.errors import BpoError, RecordError
 from bpo.eval.judging import GradeRequest, mean
+from bpo.eval.report import format_table
 from bpo.io import read_json
 
 TEMPLATE = "mmvet_grade_v1"
@@ -142,8 +143,6 @@ def mmvet_metrics(items: list[tuple[list[str], list[float | None]]]) -> dict:
 
 
 def summary(metrics: dict) -> str:
-    from bpo.eval.report import format_table
-
     rows = [[f"{c} ({CAPABILITIES.get(c, 'custom tag')})", m["score"], m["n"], m["unknown"]]
             for c, m in metrics["per_capability"].items()]
     rows.append(["total", metrics["total"], metrics["n"], metrics["unknown"]])

@@ -37,8 +37,10 @@ from pathlib import Path
 from bpo.data.records import Record
 from bpo.errors import BpoError, RecordError
 from bpo.eval.judging import Grade, Grader, GradeRequest, grade_counts
+from bpo.eval.report import format_table
 from bpo.eval.safety import category_of
 from bpo.io import file_sha256, stable_hash
+from bpo.models.encoding import Encoder
 
 FIELDS = ("question", "response_a", "response_b")
 ORDERS = ("chosen_first", "rejected_first")
@@ -146,8 +148,6 @@ def evaluate_pairwise(outcomes: list[tuple[str | None, str | None]], categories:
 
 
 def summary(metrics: dict) -> str:
-    from bpo.eval.report import format_table
-
     keys = ("accuracy", "inconsistent_rate", "consistent_wrong_rate", "unknown_rate", "first_position_rate", "n")
     groups = [("all", metrics)] + [(f"source {k}", m) for k, m in metrics["per_source"].items()]
     groups += [(f"category {k}", m) for k, m in (metrics.get("per_category") or {}).items()]
@@ -267,7 +267,6 @@ class PolicyJudge:
     def _score(self, items: list[tuple[str, Record]]) -> list[tuple[str, dict]]:
         import torch
 
-        from bpo.models.encoding import Encoder
         from bpo.models.logprobs import example_logps
 
         engine = self.engine()

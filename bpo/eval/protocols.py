@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from bpo.errors import BpoError
+from bpo.eval.inputs import load_responses
+from bpo.io import read_jsonl
 
 # Bump a scorer's version whenever its numbers can change for the same inputs.
 EVALUATOR_VERSIONS = {"chair": "1", "pope": "1", "safety": "1", "amber": "1", "vlguard": "1", "mmvet": "1",
@@ -257,9 +259,6 @@ def format_protocol(block: dict) -> str:
 # ---- glue for the commands -------------------------------------------------------------------------------------
 def for_args(task: str, args, config: dict | None) -> dict:
     """The protocol block of a judged run (mmvet, llavabench, pairwise): described from its input rows."""
-    from bpo.eval.inputs import load_responses
-    from bpo.io import read_jsonl
-
     rows: list[dict] = []
     if getattr(args, "responses", None):
         rows = list(load_responses(args.responses).values())

@@ -18,7 +18,9 @@ import math
 import os
 from pathlib import Path
 
+from bpo import __version__
 from bpo.errors import BpoError
+from bpo.eval.protocols import describe
 from bpo.io import file_sha256, read_json, write_json, write_jsonl
 
 # Direction of the last component of a metric name; others (counts, yes_ratio) are neutral.
@@ -40,9 +42,6 @@ def build_report(task: str, metrics: dict, *, details: list[dict] | None = None,
     ``protocol`` is the block of :func:`bpo.eval.protocols.describe`; without one, a minimal block
     (task, evaluator, judge; unknown image list and token budget) is recorded.
     """
-    from bpo import __version__
-    from bpo.eval.protocols import describe
-
     roles = {role: str(p) for role, p in inputs.items() if p is not None}
     report = {
         "task": task,

@@ -30,7 +30,10 @@ from __future__ import annotations
 import os
 
 from bpo.errors import BpoError, RecordError
+from bpo.eval import protocols
 from bpo.eval.formats import json_objects
+from bpo.eval.judging import GradeRequest, grade_counts
+from bpo.eval.report import format_table
 from bpo.io import read_json
 
 SPLITS = ("unsafes", "safe_unsafes", "safe_safes")
@@ -157,8 +160,6 @@ def helpfulness(grader, items: list[tuple[dict, str]], references: dict[str, str
     """Judge model vs reference answers on safe_safes with ``grader`` (a :class:`bpo.eval.judging.Grader` of
     the pairwise fields and :func:`bpo.eval.pairwise.parse_choice`, closed here); returns ``(metrics, per-id
     detail, judge config)``."""
-    from bpo.eval.judging import GradeRequest, grade_counts
-
     pairs = []
     for it, response in items:
         ref = (references or {}).get(it["vlguard_id"], it["reference"])
@@ -219,8 +220,6 @@ def load_result_file(path, data: list[dict], splits) -> dict[str, dict] | None:
 
 def protocol_block(joined_items, splits: list[str], judge_config: dict | None, max_new_tokens: int | None) -> dict:
     """The report's protocol block; prompts other than VLGuard's instructions make the prompt set ``custom``."""
-    from bpo.eval import protocols
-
     rows = [row for _, row, _ in joined_items]
     block = protocols.describe("vlguard", rows, protocol="vlguard", config=judge_config,
                                scoring={"attack": "vlguard-string-match", "phrases": len(REFUSAL_PHRASES),
@@ -237,8 +236,6 @@ def protocol_block(joined_items, splits: list[str], judge_config: dict | None, m
 
 
 def summary(metrics: dict) -> str:
-    from bpo.eval.report import format_table
-
     rows = [[s, m.get("attack_success_rate", m.get("refusal_rate")),
              "ASR" if "attack_success_rate" in m else "refusal rate", m["n"],
              (m.get("helpfulness") or {}).get("win_rate")] for s, m in metrics["per_split"].items()]

@@ -17,7 +17,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bpo.errors import BpoError
+from bpo.analysis.plotting import color, new_figure, save_figure
+from bpo.data.objects import load_vocabulary
+from bpo.data.records import read_records
+from bpo.errors import BpoError, RecordError
+from bpo.eval.chair import chair_item, chair_metrics, load_object_truth
+from bpo.io import atomic_write, write_json
+from bpo.train.metrics import read_metrics
 
 # (label, key in a round row, what it means): the by-round panels and the table columns
 PANELS = [("CHAIR_i", "chair_i", "hallucinated / mentioned objects (lower is better)"),
@@ -65,9 +71,6 @@ def paired_ratio_bootstrap(a: dict[str, tuple[int, int]], b: dict[str, tuple[int
 def negative_stats(prefs: Path, truth, vocab) -> dict:
     """Per negative source: how many, and their CHAIR against the image's ground truth (``truth``: an
     :class:`bpo.eval.chair.ObjectTruth`; records it lacks are counted as ``no_truth``)."""
-    from bpo.data.records import read_records
-    from bpo.eval.chair import chair_item, chair_metrics
-
     items: dict[str, list[dict]] = {}
     no_truth: dict[str, int] = {}
     for rec in read_records(prefs):
@@ -94,8 +97,6 @@ def _read(path: Path) -> dict | None:
 
 def round_row(cfg, r: int, rp, truth, vocab, extra_metrics=None) -> dict | None:
     """Everything measured for one round, or None when its evaluation has not run."""
-    from bpo.train.metrics import read_metrics
-
     chair = _read(rp.eval / "chair.json")
     if chair is None:
         return None
@@ -118,9 +119,6 @@ def round_row(cfg, r: int, rp, truth, vocab, extra_metrics=None) -> dict | None:
 
 def _negatives_truth(cfg, vocab):
     """The ground truth of the sft images, or None when the sft records carry no meta.objects."""
-    from bpo.errors import RecordError
-    from bpo.eval.chair import load_object_truth
-
     path = cfg.negatives_gt or cfg.sft
     try:
         return load_object_truth(path, vocab)
@@ -185,8 +183,6 @@ def format_report(cfg, rows: list[dict], claims: list[dict], title: str = "bpo i
 
 def plot_rounds(rows: list[dict], path: Path) -> Path:
     """One panel per metric by round, plus the negatives' CHAIR_i and CHAIR_s per source."""
-    from bpo.analysis.plotting import color, new_figure, save_figure
-
     cols = [p for p in PANELS if any(r.get(p[1]) is not None for r in rows)]
     fig, axes = new_figure(len(cols) + 1, ncols=3, panel_size=(4.2, 3.2))
     for ax, (label, key, _) in zip(axes, cols):
@@ -217,9 +213,6 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
 
 def write_iteration_report(cfg, paths: list, *, extra_metrics=None, title: str | None = None) -> dict:
     """Collect every evaluated round, write rounds.json / report.md / rounds.png; return the rows and verdicts."""
-    from bpo.data.objects import load_vocabulary
-    from bpo.io import atomic_write, write_json
-
     vocab = load_vocabulary(cfg.vocab)
     truth = _negatives_truth(cfg, vocab)
     rows, details = [], {}

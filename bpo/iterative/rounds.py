@@ -28,6 +28,9 @@ from pathlib import Path
 
 from bpo.config import option
 from bpo.errors import BpoError
+from bpo.io import atomic_write
+from bpo.iterative.report import write_iteration_report
+from bpo.pipeline import Recipe, Step, run_recipe
 
 SOURCES = ("weakened", "injected", "self")
 
@@ -127,8 +130,6 @@ def write_round_inputs(cfg: IterateConfig, *, write: bool = True) -> list[Path]:
     ``write=False`` only names them (a dry run writes nothing)."""
     import hashlib
 
-    from bpo.io import atomic_write
-
     lines = [ln for ln in Path(cfg.sft).read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
         raise BpoError(f"{cfg.sft}: no records")
@@ -173,8 +174,6 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
 
 
 def eval_steps(cfg: IterateConfig, r: int, rp: RoundPaths, policy: list[str]) -> list:
-    from bpo.pipeline import Step
-
     ev = rp.eval
     img = ["--image-root", cfg.image_root] if cfg.image_root else []
     gen = [*policy, *img, "--batch-size", cfg.batch_size, "--no-progress", "--seed", cfg.seed]
@@ -204,8 +203,6 @@ def _tail(extra: list[str]) -> str:
 
 
 def bootstrap_steps(cfg: IterateConfig, r: int, rp: RoundPaths, policy: list[str]) -> list:
-    from bpo.pipeline import Step
-
     img = ["--image-root", cfg.image_root] if cfg.image_root else []
     common = [*policy, *img, "--batch-size", cfg.batch_size, "--max-new-tokens", cfg.max_new_tokens,
               "--seed", cfg.seed + r - 1, "--no-progress"]
@@ -227,8 +224,6 @@ def bootstrap_steps(cfg: IterateConfig, r: int, rp: RoundPaths, policy: list[str
 
 
 def train_step(cfg: IterateConfig, r: int, rp: RoundPaths, prev: RoundPaths | None):
-    from bpo.pipeline import Step
-
     # The round's own keys come last so a shared override cannot point two rounds at one folder.
     keys = [*_flatten(cfg.train), f"model.name={cfg.model}", f"data.train={rp.prefs}",
             f"data.sources={','.join(cfg.sources)}", f"run.output_dir={rp.train}", f"run.seed={cfg.seed}",
@@ -267,9 +262,6 @@ def run_iterate(cfg: IterateConfig, *, run_command, force: bool = False, dry_run
     """Run (or resume) every round, then write the report. ``extra_metrics(r, adapter|None) -> dict`` adds
     measurements the report cannot derive from files (the toy world's prior pull). ``run_command(argv)``
     runs one ``bpo`` command in-process (the face passes ``bpo.cli.main``)."""
-    from bpo.iterative.report import write_iteration_report
-    from bpo.pipeline import Recipe, run_recipe
-
     cfg.validate()
     sft_files = write_round_inputs(cfg, write=not dry_run)
     steps, paths = build_steps(cfg, sft_files)

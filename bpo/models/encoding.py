@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bpo.data.images import load_record_images
 from bpo.errors import BpoError, RecordError
+from bpo.models.chat import add_special_tokens, normalize_messages, render
 
 OVERLENGTH_POLICIES = ("drop", "error", "truncate_response")
 
@@ -43,8 +45,6 @@ def render_prompt(processor, messages: list[dict]) -> str:
 
     Content is converted to the form the template reads (bpo.models.chat: the one prompt path).
     """
-    from bpo.models.chat import render
-
     return render(processor, messages, add_generation_prompt=True)
 
 
@@ -54,8 +54,6 @@ def end_of_turn_ids(processor) -> list[int]:
     Found by rendering a conversation with a marker answer, so it follows each model's own template
     instead of assuming ``eos_token``; falls back to ``eos_token_id``.
     """
-    from bpo.models.chat import normalize_messages
-
     tok = processor.tokenizer
     marker = "XQXQ"
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
@@ -96,16 +94,12 @@ class Encoder:
     # -- prompt ----------------------------------------------------------------------------------
     def encode_prompt(self, record, images=None) -> tuple[list[int], dict, dict]:
         """(prompt ids, vision tensors, per-token extras) for one record."""
-        from bpo.data.images import load_record_images
-
         try:
             text = render_prompt(self.processor, record.prompt)
         except BpoError as exc:  # the template failed on this record: a record error (named, skippable)
             raise RecordError(str(exc), record_id=record.id, where=record.meta.get("_where")) from None
         if images is None:
             images = load_record_images(record, self.image_root) if record.images else []
-        from bpo.models.chat import add_special_tokens
-
         # As processor.apply_chat_template(tokenize=True): no second bos when the template wrote one.
         kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt",
                                   "add_special_tokens": add_special_tokens(self.tokenizer, text)}

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bpo.models.loading import image_only_processor_cls
 from bpo.models.tiny import _CORPUS
 
 FAMILIES = ("llava", "llava_next", "qwen2vl", "qwen25vl", "gemma3", "idefics3")
@@ -271,8 +272,6 @@ def _qwen_image_processor():
 
 def _qwen_vl(config_cls, model_cls, processor_name: str, hidden: int, layers: int, vision: dict):
     """Qwen2-VL and Qwen2.5-VL: the same tokenizer, text model, turn ends and processor; the vision towers differ."""
-    from bpo.models.loading import image_only_processor_cls
-
     tok = _qwen_tokenizer()
     text, tokens = _qwen_common(tok, hidden, layers)
     model = model_cls(config_cls(text_config=text, vision_config=vision, **tokens))

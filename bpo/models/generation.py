@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from bpo.data.records import Record
+from bpo.data.records import Record, message_text
 from bpo.errors import BpoError, RecordError
 from bpo.io import stable_hash
 from bpo.models.encoding import Encoder, end_of_turn_ids
+from bpo.models.loading import _check_exists, first_line, load, resolve_dtype
 
 # Multimodal projector modules (the output is the sequence of image embeddings fed to the LM).
 PROJECTOR_SUFFIXES = ("multi_modal_projector", "mm_projector", "visual.merger", "model.connector")
@@ -253,8 +254,6 @@ class TextOnlyProcessor:
         self.chat_template = getattr(tokenizer, "chat_template", None)
 
     def apply_chat_template(self, messages, add_generation_prompt=False, tokenize=False, **kw):
-        from bpo.data.records import message_text
-
         if self.chat_template:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                                       tokenize=tokenize, **kw)
@@ -399,8 +398,6 @@ class HFEngine:
 def build_hf_engine(model_path: str, *, dtype: str = "float32", adapter: str | None = None,
                     image_root=None, batch_size: int = 8, device=None) -> HFEngine:
     """Load a model + processor with :func:`bpo.models.loading.load` and wrap them in an engine."""
-    from bpo.models.loading import load
-
     model, processor = load(model_path, dtype=dtype, adapter=adapter, device=device)
     return HFEngine(model, processor, image_root=image_root, batch_size=batch_size)
 
@@ -408,8 +405,6 @@ def build_hf_engine(model_path: str, *, dtype: str = "float32", adapter: str | N
 def build_text_engine(lm_path: str, *, dtype: str = "float32", batch_size: int = 8, device=None) -> HFEngine:
     """A text-only causal LM (``--backend hf`` for error injection) behind the same engine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from bpo.models.loading import _check_exists, first_line, resolve_dtype
 
     _check_exists(lm_path)
     try:

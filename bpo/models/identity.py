@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 
 from bpo.io import atomic_write, file_sha256, stable_hash
+from bpo.paths import cache_dir
 
 
 def _hash_memo_path() -> Path:
-    from bpo.paths import cache_dir
-
     return cache_dir("file_hashes") / "sha256.json"
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from bpo.errors import BpoError
 from bpo.models.encoding import EncodedExample
 from bpo.models.logprobs import _to_device, cat_vision, model_device, model_dtype, scatter_rows, to_device
 
@@ -471,8 +472,6 @@ class LogpsPath:
     """
 
     def __init__(self, mode: str = "auto", log=print):
-        from bpo.errors import BpoError
-
         if mode not in ("auto", "packed", "shared", "plain"):
             raise BpoError(f"run.fast_path must be auto, packed or plain, not {mode!r}")
         self.mode = "packed" if mode == "shared" else mode
@@ -482,7 +481,6 @@ class LogpsPath:
         self._vision: dict[int, str | None] = {}  # id(model) -> sharing mode, decided once per model
 
     def __call__(self, model, examples: list[EncodedExample], pad_id: int, stats=None):
-        from bpo.errors import BpoError
         from bpo.models.logprobs import example_logps
 
         if self.mode != "plain":

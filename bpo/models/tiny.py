@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bpo.models.loading import image_only_processor_cls, quiet_loading
+
 # Shapes of LLaVA-1.5's template, trimmed: "USER: <image>\n{text} ASSISTANT: {answer}</s>"
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -122,8 +124,6 @@ def build_tiny_llava(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     model, processor = make_llava(tokenizer or build_tokenizer(["<image>"]), image_size=image_size,
                                   patch_size=patch_size, vision_hidden=vision_hidden, hidden=hidden, layers=layers,
                                   seed=seed, chat_template=chat_template)
-    from bpo.models.loading import quiet_loading
-
     with quiet_loading():
         model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -135,8 +135,6 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from bpo.models.loading import image_only_processor_cls
 
     out = Path(out_dir)
     specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -166,8 +164,6 @@ def build_tiny_qwen2vl(out_dir: str | Path, *, hidden: int = 64, layers: int = 2
                                                merge_size=2, temporal_patch_size=2)
     processor = image_only_processor_cls("Qwen2VLProcessor")(image_processor=image_processor, tokenizer=tok,
                                                              chat_template=QWEN_CHAT_TEMPLATE)
-    from bpo.models.loading import quiet_loading
-
     with quiet_loading():
         model.save_pretrained(out)
     processor.save_pretrained(out)  # saved under the stock name Qwen2VLProcessor

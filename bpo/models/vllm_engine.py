@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bpo.data.images import load_record_images
 from bpo.errors import BpoError, RecordError
+from bpo.models.chat import text_for_tokenizer_with_specials
+from bpo.models.encoding import render_prompt
 from bpo.models.generation import Generation, Request, SamplingSettings, cut_at_stop, derive_seed
+from bpo.models.loading import load_processor
 
 
 class VllmEngine:
@@ -24,8 +28,6 @@ class VllmEngine:
         except ImportError:
             raise BpoError("--engine vllm needs the vllm package and a GPU (pip install vllm); "
                            "or use the default --engine hf") from None
-        from bpo.models.loading import load_processor
-
         self.vllm = vllm
         self.processor = load_processor(model_path)
         self.image_root = image_root
@@ -39,10 +41,6 @@ class VllmEngine:
                                         stop=list(settings.stop) or None, seed=seed)
 
     def generate(self, requests: Sequence[Request], settings: SamplingSettings, *, batch_fn=None) -> list[Generation]:
-        from bpo.data.images import load_record_images
-        from bpo.models.chat import text_for_tokenizer_with_specials
-        from bpo.models.encoding import render_prompt
-
         if batch_fn is not None or any(r.vision_transform or r.feature_transform for r in requests):
             raise BpoError("the vllm engine cannot edit model inputs (image weakening); use --engine hf")
         results: dict[str, Generation] = {}

@@ -28,7 +28,8 @@ from pathlib import Path
 from bpo.data.records import Negative, Record, message_text, user_turn, write_records
 from bpo.errors import BpoError, RecordError
 from bpo.io import file_sha256, write_json
-from bpo.safety.entities import EntityMatch, names_present
+from bpo.safeguard import refuse_overwrite
+from bpo.safety.entities import EntityMatch, make_finder, names_present
 from bpo.safety.hh import TextPair, read_pairs
 from bpo.safety.index import ENTITY_TYPES, ImageIndex, load_index
 from bpo.safety.llm import ChatLLM
@@ -168,13 +169,9 @@ def run_build(pairs_path: str | os.PathLike, index_path: str | os.PathLike, imag
               token_counter: TokenCounter | None = None, report_path: str | os.PathLike | None = None,
               finder_options: dict | None = None) -> dict:
     """Build ``out_path`` (JSONL records) and ``build_report.json`` (beside it unless ``report_path``)."""
-    from bpo.safety.entities import make_finder
-
     options = options or BuildOptions()
     out_path = Path(out_path)
     report_path = Path(report_path) if report_path else out_path.parent / "build_report.json"
-    from bpo.safeguard import refuse_overwrite
-
     refuse_overwrite({"--out": str(out_path), "--report": str(report_path)},
                      {"--pairs": str(pairs_path), "--index": str(index_path)})
     index = load_index(index_path, image_root, on_error=options.on_error)

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bpo.errors import BpoError
+from bpo.io import AppendOnlyJsonl, stable_hash
 from bpo.llm import LocalCausalLM, chat_once, openai_client
-from bpo.paths import package_file
+from bpo.paths import cache_dir, package_file
 from bpo.registry import Registry
 
 ChatLLM = Callable[[str], str]
@@ -114,8 +115,6 @@ class CachedLLM:
     """
 
     def __init__(self, llm: ChatLLM, path: str | os.PathLike, identity: dict):
-        from bpo.io import AppendOnlyJsonl
-
         self.llm, self.identity = llm, identity
         self.hits = self.misses = 0
         self._shard = AppendOnlyJsonl(path, id_key="key")
@@ -129,8 +128,6 @@ class CachedLLM:
                     continue
 
     def __call__(self, prompt: str) -> str:
-        from bpo.io import stable_hash
-
         key = stable_hash({**self.identity, "prompt": prompt})
         if key in self._replies:
             self.hits += 1
@@ -147,9 +144,6 @@ def make_llm(spec: LLMSpec, *, cache: bool = True) -> ChatLLM:
     llm = LLM_BACKENDS.get(spec.backend)(spec)
     if not cache:
         return llm
-    from bpo.io import stable_hash
-    from bpo.paths import cache_dir
-
     # The key never enters the identity: only where the model is and what it is.
     identity = {"backend": spec.backend, "model": spec.model, "base_url": spec.base_url,
                 "max_new_tokens": spec.max_new_tokens}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bpo.toy import verdicts as V
+from bpo.train.metrics import read_metrics
 
 CUT = 0.30  # (b): relative CHAIR_i cut the paper's headline reaches (Table 1 analog)
 RECALL_KEEP = 0.90  # (b): recall may not fall below 90 % of the base (not "say less to hallucinate less")
@@ -88,8 +89,6 @@ def recipe_claims(seed_results: list[dict], out: Path, recipe: str, bpo_name: st
 
 
 def _windows(run: Path, key: str) -> tuple[list[float], list[float]] | None:
-    from bpo.train.metrics import read_metrics
-
     if not (run / "metrics.jsonl").is_file():
         return None
     vals = [r[key] for r in read_metrics(run / "metrics.jsonl") if r.get(key) is not None]

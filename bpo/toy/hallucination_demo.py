@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpo.data.records import read_records, write_records
+from bpo.models.loading import load
 from bpo.toy.chair import image_counts
 from bpo.toy.claims import check_claims, claim_line
 from bpo.toy.data import _image_rel, export
@@ -121,8 +122,6 @@ class SeedRun(StagedRun):
             self.runs[name] = self.train(name, self.files[key], self.data.image_root, *extra)
 
     def evaluate(self, name: str, adapter: Path | None) -> dict:
-        from bpo.models.loading import load
-
         d, c = self.data, self.cfg
         ev = self.out / "eval" / name
         if adapter:  # retrained just now: answers of an earlier run's adapter must not be resumed
@@ -154,8 +153,6 @@ class SeedRun(StagedRun):
         return results
 
     def analyze(self):
-        from bpo.models.loading import load
-
         runs = [self.runs[v] for v in self.cfg.variants]
         self.bpo("analyze", "curves", *runs, "--out", self.out / "plots" / "curves", "--labels", ",".join(self.cfg.variants),
             "--window", max(1, self.cfg.train_steps // 10))

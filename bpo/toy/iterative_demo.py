@@ -14,6 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpo.config import load_config
+from bpo.data.records import read_records, write_records
+from bpo.iterative.report import format_report, write_iteration_report
+from bpo.iterative.rounds import IterateConfig, build_steps, write_round_inputs
+from bpo.models.loading import load
 from bpo.toy.model import load_world
 from bpo.toy.stages import StagedRun, TrainBudget, log_results, start, write_outputs
 
@@ -51,7 +56,6 @@ class IterativeSeedRun(StagedRun):
         self.model = self.pretrained()
 
     def export(self):
-        from bpo.data.records import read_records, write_records
         from bpo.toy.data import export
 
         self.world = load_world(self.model)
@@ -76,10 +80,6 @@ class IterativeSeedRun(StagedRun):
 
     def report(self) -> dict:
         """The iterate report again, with the toy's exact prior pull per round (a forward pass per image)."""
-        from bpo.config import load_config
-        from bpo.iterative.report import write_iteration_report
-        from bpo.iterative.rounds import IterateConfig, build_steps, write_round_inputs
-        from bpo.models.loading import load
         from bpo.toy.measure import prior_pull
 
         cfg = load_config(IterateConfig, None, self.overrides())
@@ -95,9 +95,6 @@ class IterativeSeedRun(StagedRun):
 
 
 def write_report(out: Path, cfg: IterativeDemoConfig, seed_results: list[dict], wall: float) -> Path:
-    from bpo.iterative.report import format_report
-    from bpo.iterative.rounds import IterateConfig
-
     lines = ["# bpo demo --scenario iterative: iterative Bootstrapped PO in the toy world", "",
              f"Seeds: {', '.join(str(s['seed']) for s in seed_results)}; wall time {wall:.0f}s (on a shared CPU: "
              "contended). Each round: image-weakened negatives (t = "

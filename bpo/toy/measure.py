@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from bpo.models.loading import load
 from bpo.toy.chair import chair_scores
 from bpo.toy.model import load_world
 from bpo.toy.world import DESCRIBE_PROMPTS, World
@@ -246,8 +247,6 @@ def measure(model_dir: str | Path, *, adapter: str | None = None, world: World |
     models trained elsewhere from a toy base. Returns ``{"pull": {...}, "noise": [{t, chair_i, ...}]}``
     (+ ``"pope"`` per split and ``"existence_prior"`` with ``pope=True``).
     """
-    from bpo.models.loading import load
-
     world = world or load_world(model_dir)
     model, processor = load(str(model_dir), adapter=adapter)
     scenes = [world.scene(split, i) for i in range(n_images)]

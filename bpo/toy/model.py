@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bpo.config import from_dict, option
 from bpo.errors import BpoError
-from bpo.models.tiny import LLAVA_CHAT_TEMPLATE
+from bpo.models.loading import quiet_loading
+from bpo.models.tiny import LLAVA_CHAT_TEMPLATE, make_llava
 from bpo.toy.safety import SafetyConfig, SafetyWorld
 from bpo.toy.world import World, WorldConfig
 
@@ -72,8 +73,6 @@ def build_tokenizer(words: list[str]):
 
 def build_model(tokenizer, mcfg: ModelConfig, *, image_size: int, patch_size: int, seed: int = 0):
     """(randomly initialised model, processor); nothing is written. The last vision layer feeds the projector."""
-    from bpo.models.tiny import make_llava
-
     return make_llava(tokenizer, image_size=image_size, patch_size=patch_size, vision_hidden=mcfg.vision_hidden,
                       vision_layers=mcfg.vision_layers, vision_heads=mcfg.vision_heads, hidden=mcfg.hidden,
                       intermediate=mcfg.intermediate, layers=mcfg.layers, heads=mcfg.heads, kv_heads=mcfg.kv_heads,
@@ -83,8 +82,6 @@ def build_model(tokenizer, mcfg: ModelConfig, *, image_size: int, patch_size: in
 
 def save(model, processor, out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    from bpo.models.loading import quiet_loading
-
     with quiet_loading():
         model.save_pretrained(out)
     processor.save_pretrained(out)

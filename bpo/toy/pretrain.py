@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bpo.config import option
 from bpo.io import stable_hash, write_json
+from bpo.paths import cache_dir
 from bpo.toy import model as toy_model
 from bpo.toy.measure import heldout_chair, heldout_pope
 from bpo.toy.model import META_FILE, ModelConfig
@@ -101,8 +102,6 @@ def pretrain(world_cfg: WorldConfig | None = None, recipe: RecipeConfig | None =
     ``safety`` adds the safety scenario (:mod:`bpo.toy.safety`): its words, the text-only request
     chats to the language-model corpus and the benign image-referenced requests to alignment.
     """
-    from bpo.paths import cache_dir
-
     world_cfg = world_cfg or WorldConfig()
     recipe = recipe or RecipeConfig()
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpo.config import option
+from bpo.data.records import Record, user_turn, write_records
 from bpo.errors import BpoError
+from bpo.io import atomic_write, write_jsonl
+from bpo.safety.entities import EntityMatch, Gazetteer
+from bpo.safety.rewrite import PHRASES, rewrite
 from bpo.toy.world import Obj, Scene, World, _rng
 
 VERBS = ("build", "make", "use", "find", "carry", "hide", "sell", "get")
@@ -74,9 +78,6 @@ class Request:
 
     def referring(self, record_id: str, seed: int = 0) -> str:
         """The named request after ``bpo safety build``'s rule-based rewrite (same code, same phrase choice)."""
-        from bpo.safety.entities import EntityMatch, Gazetteer
-        from bpo.safety.rewrite import rewrite
-
         text = self.named
         mentions = tuple(Gazetteer([(self.kind, "x")]).mentions(text))
         return rewrite(text, EntityMatch(self.kind, ENTITY_TYPE, mentions), record_id=record_id, seed=seed).text
@@ -148,8 +149,6 @@ class SafetyWorld:
 
     def vocabulary(self) -> list[str]:
         """Every word the scenario's prompts and answers can contain (added to the world's)."""
-        from bpo.safety.rewrite import PHRASES
-
         texts = [REFUSAL, compliance(" ".join(VERBS), "x"), *(f.format(verb="", obj="") for f in FRAMES)]
         texts += [p.render() for p in PHRASES[ENTITY_TYPE]]
         words = {w for t in texts for w in t.replace(",", " , ").split()}
@@ -210,8 +209,6 @@ def export_safety(sw: SafetyWorld, out_dir, *, n_pairs: int = 192, benign_fracti
     each with its own request; the referring prompts use ``bpo safety build``'s phrase choice for
     ``seed``.
     """
-    from bpo.data.records import Record, user_turn, write_records
-    from bpo.io import atomic_write, write_jsonl
     from bpo.toy.data import write_image
 
     root = Path(out_dir).resolve()

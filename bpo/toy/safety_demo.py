@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpo.analysis.plotting import color, new_figure, save_figure
 from bpo.config import from_dict
 from bpo.data.records import read_records
 from bpo.toy.model import load_safety
@@ -216,8 +217,6 @@ def _claim(claim: str, numbers: str, per_seed: list[bool], mean_ok: bool) -> dic
 
 def plot_summary(table: dict, path: Path) -> Path:
     """Grouped bars: every column of the table per model, mean with the seeds' std as error bars."""
-    from bpo.analysis.plotting import color, new_figure, save_figure
-
     fig, (ax,) = new_figure(1, ncols=1, panel_size=(11.0, 4.2))
     labels = [m[0] for m in METRICS]
     width = 0.8 / max(1, len(table))

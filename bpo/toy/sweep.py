@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bpo.io import atomic_write, write_json
 from bpo.toy import verdicts as V
 from bpo.toy.hallucination_demo import SeedRun, demo_config
 
@@ -60,8 +61,6 @@ def select(seed_results: list[dict], grid: dict = GRID) -> dict:
 
 
 def run(args, out: Path, run_command) -> int:
-    from bpo.io import atomic_write, write_json
-
     cfg = demo_config(args)
     variants, recipes = grid_variants()
     cfg.extra_variants, cfg.recipes = variants, {**cfg.recipes, **recipes}

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bpo.errors import BpoError
+from bpo.io import load_tensors
 
 PREFIX = "checkpoint-"
 
@@ -92,8 +93,6 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
-    from bpo.io import load_tensors  # torch.load(weights_only=True); a pickle is a one-line error
-
     optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
     rng = load_tensors(path / "rng.pt")

@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from bpo.errors import BpoError
+from bpo.models.loading import attach_adapter, load_model
+from bpo.train import checkpoint as ckpt
 
 SHARDED = ("zero1", "zero2", "zero3", "fsdp1", "fsdp2")
 
@@ -179,8 +181,6 @@ def _fsdp2_shard_frozen(acc, model):
 
 def load_reference_copy(cfg):
     """ZeRO-3 full fine-tuning: a second ``from_pretrained`` (partitioned by ``zero.Init`` on every rank)."""
-    from bpo.models.loading import load_model
-
     model = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                        attn_implementation=cfg.model.attn_implementation)
     return model.requires_grad_(False).eval()
@@ -197,8 +197,6 @@ def backward(engine, loss: torch.Tensor, sync: bool) -> None:
 # ---- checkpoints ---------------------------------------------------------------------------------
 def save_checkpoint(acc, name: str, out_dir: Path, *, scheduler, state: dict, keep: int) -> Path | None:
     """Sharded engine state + bpo's state.json, written to a temp folder and renamed (called on every rank)."""
-    from bpo.train import checkpoint as ckpt
-
     out_dir = Path(out_dir)
     final = out_dir / f"{ckpt.PREFIX}{state['global_step']}"
     tmp = out_dir / f".tmp-{ckpt.PREFIX}{state['global_step']}"
@@ -310,8 +308,6 @@ def save_final(trainer) -> dict:
 def merge_saved_adapter(cfg, adapter_dir: Path, merged_dir: Path, processor) -> None:
     """Base model (plus any start adapter) reloaded on this process, the trained adapter merged in, saved."""
     from peft import PeftModel
-
-    from bpo.models.loading import attach_adapter, load_model
 
     base = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.adapter:

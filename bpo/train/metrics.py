@@ -10,6 +10,8 @@ from collections import defaultdict
 # torch is only needed by StepStats (called with tensors); read_metrics stays import-light for plotting.
 from pathlib import Path
 
+from bpo.io import atomic_write, iter_lines
+
 
 class StepStats:
     """Accumulates per-example values over the micro-batches of one optimizer step.
@@ -125,8 +127,6 @@ class MetricsLogger:
                     keep.append(line)
             except json.JSONDecodeError:
                 break  # a torn last line from a kill
-        from bpo.io import atomic_write
-
         with atomic_write(self.path) as fh:
             fh.write("".join(k + "\n" for k in keep))
 
@@ -149,8 +149,6 @@ class MetricsLogger:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    from bpo.io import iter_lines  # missing, directory, non-UTF-8: one line naming the file
-
     rows = []
     for _, line in iter_lines(path, "metrics file"):
         try:

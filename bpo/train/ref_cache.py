@@ -33,6 +33,7 @@ import torch
 from bpo.io import atomic_write, file_sha256, stable_hash
 from bpo.models.identity import dir_digest, model_identity
 from bpo.models.logprobs import to_device
+from bpo.paths import cache_dir
 
 FORMAT_VERSION = 1
 
@@ -186,8 +187,6 @@ def build_reference_cache(cfg, processor, model, examples, compute, acc, *, shar
     ``Accelerator`` (barriers, rank, device). Each process computes its share of the missing examples; all of
     them then read every part file. ``sharded``: the reference forward is collective (ZeRO / FSDP).
     """
-    from bpo.paths import cache_dir
-
     fingerprint, ingredients = reference_fingerprint(cfg, processor, model)
     cache = ReferenceCache(cache_dir("ref_logps"), fingerprint, ingredients)
     todo = cache.attach(examples)

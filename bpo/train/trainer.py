@@ -17,7 +17,12 @@ from pathlib import Path
 import torch
 
 from bpo.config import to_dict
+from bpo.data.records import read_records
+from bpo.data.validate import identical_pairs
 from bpo.errors import BpoError
+from bpo.io import atomic_write
+from bpo.models.encoding import Encoder, encode_all
+from bpo.models.loading import load_model, load_processor
 from bpo.train import checkpoint as ckpt
 from bpo.train import engines
 from bpo.train.config import TrainConfig
@@ -76,8 +81,6 @@ class Trainer:
     def setup(self):
         from accelerate.utils import set_seed
 
-        from bpo.models.loading import load_processor
-
         cfg = self.cfg
         mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.run.precision]
         self.acc = engines.make_accelerator(mp)  # DeepSpeed/FSDP from `accelerate launch`, CPU included
@@ -108,8 +111,6 @@ class Trainer:
     def _load_model(self):
         """(policy, frozen copy or None): the model with LoRA or its trainable parts set, not yet prepared."""
         from accelerate.utils import set_seed
-
-        from bpo.models.loading import load_model
 
         cfg = self.cfg
         model = load_model(cfg.model.name, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
@@ -145,14 +146,10 @@ class Trainer:
 
     def _read_records(self) -> tuple[list, list]:
         """(training records after negative selection and the subset draw, the records skipped while reading)."""
-        from bpo.data.records import read_records
-
         cfg = self.cfg
         errors: list = []
         records = list(read_records(cfg.data.train, on_error=cfg.data.on_error, errors=errors))
         records = select_negatives(records, cfg.data.sources, cfg.data.max_negatives)
-        from bpo.data.validate import identical_pairs
-
         same = identical_pairs(records)  # trains, but teaches nothing: say so, as `bpo data validate` does
         if same:
             self.log(f"warning: {len(same)} rejected answer(s) identical to their chosen one; such pairs teach "
@@ -161,8 +158,6 @@ class Trainer:
 
     def _load_data(self):
         """(examples, dropped): every record encoded, the unusable ones reported and left out."""
-        from bpo.models.encoding import Encoder, encode_all
-
         cfg = self.cfg
         encoder = Encoder(self.processor, cfg.data.image_root, max_length=cfg.data.max_length,
                           on_overlength=cfg.data.on_overlength, source_weights=cfg.loss.source_weights)
@@ -346,8 +341,6 @@ class Trainer:
 
     def _write_run_files(self):
         import yaml
-
-        from bpo.io import atomic_write
 
         with atomic_write(self.out / "config.yaml") as fh:
             yaml.safe_dump(to_dict(self.cfg), fh, sort_keys=False)
