@@ -134,6 +134,8 @@ def _protocol_records(cfg: PrepareConfig) -> list[dict]:
             ann = AmberData({e["id"]: e for e in data if isinstance(e, dict) and "id" in e and "type" in e},
                             {}, frozenset(), {})
         return prepare_records(cfg.questions, cfg.image_prefix, ann)
+    from bpo.eval.vlguard import prepare_records  # the same name as AMBER's above: both stay local
+
     return prepare_records(cfg.questions, tuple(cfg.splits or SPLITS), cfg.image_prefix)
 
 
