@@ -20,17 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def images(root: Path) -> str:
-    from PIL import Image
-
-    for name, size, rgb in (("red.png", (40, 32), (220, 20, 20)), ("green.png", (24, 64), (20, 200, 40)),
-                            ("blue.png", (80, 28), (30, 40, 230))):
-        img = Image.new("RGB", size, rgb)
-        img.putpixel((3, 3), (255, 255, 255))
-        img.save(root / name)
-    return str(root)
-
-
 def compare(plain, packed) -> tuple[float, float, bool]:
     lp_a, n_a, v_a, g_a = plain
     lp_b, n_b, v_b, g_b = packed
@@ -56,7 +45,7 @@ def main() -> int:
     from bpo.models.loading import load
     from bpo.models.logprobs import example_logps, scatter_rows
     from bpo.models.packed import collate_packed, compile_model, packed_example_logps, packed_row_logps
-    from tests.models.test_packed import _mixed, _records, _run
+    from tests.models.test_packed import _mixed, _records, _run, write_mixed_size_images
 
     dry = "--cpu-dry-run" in sys.argv  # the script's own logic on a CPU: SDPA only (no flex backward, no compile)
     device = "cpu" if dry else "cuda"
@@ -66,7 +55,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity: no TF32 rounding in either path
     torch.backends.cudnn.allow_tf32 = False
     work = Path(tempfile.mkdtemp())
-    root = images(work)
+    root = write_mixed_size_images(work)
     failed = []
 
     def check(label, plain, packed):

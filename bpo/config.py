@@ -245,7 +245,7 @@ def format_help(cls: type) -> str:
 #
 # Every command's options are a dataclass of :func:`option` fields. :func:`parse_command` turns it into a
 # command line with three equivalent spellings of each option, applied in this order:
-#   defaults  <  --config FILE.yaml  <  key=value overrides and --flags (in the order typed)
+#   defaults  <  --config FILE.yaml  <  --flags  <  key=value overrides
 # so ``bpo generate --model M`` == ``bpo generate model=M`` == ``model: M`` in a YAML file. Nested dataclass
 # sections are addressed as ``judge.model=...`` or ``--judge-model``. The values are coerced and checked by
 # the same :func:`from_dict` as ``bpo train``'s config (unknown keys fail with a suggestion), then the
@@ -341,12 +341,11 @@ def parse_command(cls: type[T], argv: list[str], *, prog: str, description: str 
     ``require=False`` (``bpo pipeline`` checking a recipe before it runs) skips the checks that need files
     made by earlier steps: ``validate(require_paths=False)`` where the config's ``validate`` takes it.
     """
-    fields = leaf_fields(cls)
-    keys = {k for k, _, _ in fields}
-    rest, overrides = _split_overrides(list(argv), keys, any("positional" in f.metadata for _, f, _ in fields))
+    fields = {k: f for k, f, _ in leaf_fields(cls)}
+    has_positional = any("positional" in f.metadata for f in fields.values())
+    rest, overrides = _split_overrides(list(argv), set(fields), has_positional)
     parser = command_parser(cls, prog=prog, description=description, epilog=epilog)
     # intermixed: `bpo pipeline RECIPE --dry-run name=value` (a positional list after a flag) parses
-    has_positional = any("positional" in f.metadata for _, f, _ in fields)
     ns = parser.parse_intermixed_args(rest) if has_positional else parser.parse_args(rest)
     if ns.help_config:
         print(f"{prog}: every option as a config key (YAML via --config, or key=value)")
@@ -354,15 +353,15 @@ def parse_command(cls: type[T], argv: list[str], *, prog: str, description: str 
         return None
     data = load_yaml(ns.config) if ns.config else {}
     typed = {k: v for k, v in vars(ns).items() if k not in ("config", "help_config")}
-    # flags and key=value overrides are one layer; a key given both ways keeps the key=value spelling
+    # YAML, then --flags, then key=value: a key given both on the command line keeps the key=value spelling
     cli: dict = {}
     for key, value in typed.items():
         _set_dotted(cli, key, value)
     data = _deep_merge(_deep_merge(data, cli), parse_overrides(overrides))
-    missing = [k for k, f, _ in leaf_fields(cls) if _is_required(f) and _get_dotted(data, k) in (None, [])]
+    missing = [k for k, f in fields.items() if _is_required(f) and _get_dotted(data, k) in (None, [])]
     if missing:
-        f = dict((k, f) for k, f, _ in leaf_fields(cls))[missing[0]]
-        spell = f.metadata.get("metavar", missing[0].upper()) if "positional" in f.metadata else f"{_flag(missing[0], f)} (or {missing[0]}=...)"
+        key, f = missing[0], fields[missing[0]]
+        spell = f.metadata.get("metavar", key.upper()) if "positional" in f.metadata else f"{_flag(key, f)} (or {key}=...)"
         raise BpoError(f"{prog}: missing {spell}")
     try:
         cfg = from_dict(cls, data)

@@ -11,6 +11,7 @@ anyone remembering to list it here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable
@@ -83,8 +84,6 @@ def _strings(value) -> list[str]:
 
 def _flat(args, prefix: str = "") -> list[tuple[str, object]]:
     """(key, value) of an argparse namespace or a command config, nested config sections included."""
-    import dataclasses
-
     out = []
     for key, value in vars(args).items():
         if dataclasses.is_dataclass(value) and not isinstance(value, type):

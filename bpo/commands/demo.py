@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bpo.cli import main as cli_main
-from bpo.config import load_config, option, parse_command
+from bpo.config import Command, load_config, option
 from bpo.data.records import Negative, Record, user_turn, write_records
 from bpo.errors import BpoError
 from bpo.models.tiny import build_tiny_llava
@@ -60,10 +60,6 @@ class DemoOptions:
                 raise BpoError(f"--{key.replace('_', '-')} must be >= 1, not {value}")
 
 
-def parse(argv: list[str], require: bool = True) -> DemoOptions | None:
-    return parse_command(DemoOptions, argv, prog="bpo demo", description=__doc__, require=require)
-
-
 def write_quick_data(out: Path) -> tuple[Path, Path]:
     from PIL import Image
 
@@ -103,16 +99,13 @@ def run_quick(out: Path, steps: int) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def _run(args: DemoOptions) -> int:
     import os
 
     # Before torch loads OpenMP: idle threads sleep instead of spinning. On a shared CPU, spinning 2-thread
     # barriers made the toy's small ops 10-25x slower (docs/toy.md, "Timing"); the numbers are unchanged
     # (same threads, same partitioning). An explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = parse(argv)
-    if args is None:  # --help-config
-        return 0
     out = Path(args.out)
     if args.quick:
         return run_quick(out, args.steps)
@@ -132,6 +125,5 @@ def main(argv: list[str]) -> int:
     return hallucination_demo.main(args, out, cli_main)
 
 
-def check(argv: list[str]) -> None:
-    """Parse ``bpo demo ...`` without running it (``bpo pipeline``'s check of a recipe)."""
-    parse(argv, require=False)
+_COMMAND = Command(DemoOptions, _run, prog="bpo demo", description=__doc__)
+parse, main, check = _COMMAND.parse, _COMMAND.main, _COMMAND.check

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from bpo.config import option, parse_command, to_dict
+from bpo.config import Command, option, to_dict
 from bpo.train.config import TrainConfig
 
 HELP_EPILOG = """examples:
@@ -27,21 +27,7 @@ class TrainCommand(TrainConfig):
     dry_run: bool = option(False, help="parse and validate the config, print it, and exit", flag="--dry-run")
 
 
-def parse(argv: list[str], *, require: bool = True) -> TrainCommand | None:
-    """``bpo train``'s command line (YAML via --config, flags, key=value); None after ``--help-config``."""
-    return parse_command(TrainCommand, argv, prog="bpo train", description=DESCRIPTION, epilog=HELP_EPILOG,
-                         require=require)
-
-
-def check(argv: list[str]) -> None:
-    """Parse and validate without running, skipping files earlier steps create (``bpo pipeline``)."""
-    parse(argv, require=False)
-
-
-def main(argv: list[str]) -> int:
-    cmd = parse(argv)
-    if cmd is None:  # --help-config printed every key
-        return 0
+def _run(cmd: TrainCommand) -> int:
     # the trainer (and the config.yaml it writes) gets the training config alone
     cfg = TrainConfig(**{f.name: getattr(cmd, f.name) for f in dataclasses.fields(TrainConfig)})
     if cmd.dry_run:
@@ -58,3 +44,7 @@ def main(argv: list[str]) -> int:
             print(f"  {key}: {result[key]}")
     print(f"  metrics: {result['output_dir']}/metrics.jsonl (plot: bpo analyze curves {result['output_dir']})")
     return 0
+
+
+_COMMAND = Command(TrainCommand, _run, prog="bpo train", description=DESCRIPTION, epilog=HELP_EPILOG)
+parse, main, check = _COMMAND.parse, _COMMAND.main, _COMMAND.check

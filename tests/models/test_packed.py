@@ -350,18 +350,22 @@ def test_group_by_length_cuts_padding_on_skewed_lengths():
 
 
 # ---- the other families: LLaVA-NeXT (anyres, image_sizes), Qwen2.5-VL, Gemma 3 -----------------------
-@pytest.fixture(scope="module")
-def mixed_size_images(tmp_path_factory):
-    """Images of three aspect ratios, so LLaVA-NeXT picks different anyres grids (different patch counts)."""
+def write_mixed_size_images(root) -> str:
+    """Images of three aspect ratios, so LLaVA-NeXT picks different anyres grids (different patch counts); also
+    used by bench/gpu_parity.py."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("mixed_images")
     for name, size, rgb in (("red.png", (40, 32), (220, 20, 20)), ("green.png", (24, 64), (20, 200, 40)),
                             ("blue.png", (80, 28), (30, 40, 230))):
         img = Image.new("RGB", size, rgb)
         img.putpixel((3, 3), (255, 255, 255))
         img.save(root / name)
     return str(root)
+
+
+@pytest.fixture(scope="module")
+def mixed_size_images(tmp_path_factory):
+    return write_mixed_size_images(tmp_path_factory.mktemp("mixed_images"))
 
 
 @pytest.mark.parametrize("family", ["llava_next", "qwen25vl"])
