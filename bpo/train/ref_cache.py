@@ -71,6 +71,8 @@ def reference_fingerprint(cfg, processor, model=None) -> tuple[str, dict]:
         ingredients["reference_start"] = dir_digest(cfg.lora.init_from) if cfg.lora.init_from else None
     if cfg.run.precision == "bf16":  # frozen weights are stored in bf16 since then: other reference values
         ingredients["frozen_weights"] = "bfloat16"
+    if cfg.run.precision != "fp32":  # pi_ref computed under the run's autocast since then (it was outside it)
+        ingredients["reference_autocast"] = True
     return stable_hash(ingredients), ingredients
 
 

@@ -120,8 +120,11 @@ def build_reference(cfg, *, policy, frozen_copy, score, examples, processor, acc
     if cfg.run.ref_cache == "off":
         return network
     # called through the module, so a bench can time the pre-pass and a test can interrupt it
-    cache = ref_cache.build_reference_cache(cfg, processor, policy, examples, network.logps, acc, sharded=sharded,
-                                            log=log)
+    def compute(batch):
+        with acc.autocast():  # the same autocast as the reference pass of micro_step, so the same values
+            return network.logps(batch)
+
+    cache = ref_cache.build_reference_cache(cfg, processor, policy, examples, compute, acc, sharded=sharded, log=log)
     if network.frozen_copy is not None:
         log("reference cache complete: freed the frozen reference copy")
     return CachedReference(cache, kind, device=acc.device)

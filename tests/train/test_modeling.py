@@ -40,3 +40,27 @@ def test_bf16_run_stores_frozen_weights_in_bf16_and_trains(tiny_llava, pref_file
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
     result = tr.train()
     assert result["steps"] == 2 and result["final_loss"] == result["final_loss"]  # not NaN
+
+
+def test_bf16_reference_runs_under_the_policys_autocast(tiny_llava, pref_file, image_root, tmp_path,
+                                                        fresh_accelerate_state):
+    """pi_ref under the same bf16 autocast as pi_theta: before any optimizer step the two passes compute the same
+    log-probs (rewards exactly 0, not a bf16-vs-fp32 gap), and the vision tower runs once for both passes."""
+    cfg = make_cfg(tiny_llava, pref_file, image_root, tmp_path / "run", "run.max_steps=1", "run.precision=bf16",
+                   "run.ref_cache=off")
+    tr = Trainer(cfg, log=lambda *_: None).setup()
+    from bpo.train.metrics import StepStats
+
+    base = tr.acc.unwrap_model(tr.policy)
+    tower = base.base_model.model.model.vision_tower
+    calls = []
+    handle = tower.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stats = StepStats()
+        examples = tr.examples[:2]
+        tr.micro_step(examples, stats)
+    finally:
+        handle.remove()
+    means = stats.means()
+    assert means["rewards/chosen"] == 0.0 and means["rewards/rejected"] == 0.0, means
+    assert len(calls) == 1  # one image-feature pass shared by the policy and reference passes
