@@ -37,8 +37,12 @@ class ModelConfig:
     vision_heads: int = option(2, help="CLIP attention heads")
     hidden: int = option(128, help="Llama width")
     layers: int = option(2, help="Llama depth")
-    heads: int = option(4, help="Llama attention heads")
-    kv_heads: int = option(2, help="Llama key/value heads (grouped-query attention)")
+    heads: int = option(
+        8, help="Llama attention heads. 4 (width 32) until recipe 3: existence answers then learned late or not at "
+        "all (docs/toy.md, POPE third round)")
+    kv_heads: int = option(
+        8, help="Llama key/value heads; 8 = one per head, as in Llama-2-7B (LLaVA-1.5's LM). 2 (grouped-query) "
+        "until recipe 3: the image look-ups and the grammar competed for two key/value projections")
     intermediate: int = option(256, help="Llama MLP width")
     max_positions: int = option(128, help="longest sequence (image tokens included)")
 

@@ -39,7 +39,8 @@ from bpo.toy.world import World, WorldConfig
 
 # Bump when the recipe's code changes meaningfully: it is part of the cache key.
 # 2: existence-question share and the held-out POPE condition of the early stop (docs/toy.md, "POPE").
-RECIPE_VERSION = 2
+# 3: the language model's attention: 8 heads with a key/value projection each (was 4 heads, 2 KV heads).
+RECIPE_VERSION = 3
 
 
 @dataclass
@@ -167,6 +168,7 @@ def _save_atomically(model, processor, meta: dict, out: Path) -> None:
     """Write to a fresh sibling temp dir, then rename: a killed run never leaves a half model in the cache."""
     import tempfile
 
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp-"))
     try:
         toy_model.save(model, processor, tmp)

@@ -41,9 +41,11 @@ class SafetyDemoConfig(TrainBudget):
     safety: dict = field(default_factory=dict)  # SafetyConfig overrides
     # LLaVA-1.5 mixes text-only chats (ShareGPT) into its instruction data; so does the toy here,
     # which keeps text-side safety from being forgotten during alignment.
-    # The safety scenario keeps the first recipe's QA mix and CHAIR-only stop (its documented numbers).
+    # The safety scenario keeps the first recipe's QA mix, CHAIR-only stop and attention heads (its documented
+    # numbers).
     pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1, "align_exist_share": 0.2,
-                                                              "align_stop_pope": None, "align_steps": 1000})
+                                                              "align_stop_pope": None, "align_steps": 1000,
+                                                              "model": {"heads": 4, "kv_heads": 2}})
 
 
 SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_tokens=12,
