@@ -118,13 +118,13 @@ def test_demo_help_config_and_one_line_option_errors(capsys):
 
     assert cli(["demo", "--help-config"]) == 0
     out = capsys.readouterr().out
-    for key in ("out", "quick", "steps", "seeds", "fast", "study", "eval_images", "threads", "sweep", "write_docs",
-                "scenario"):
+    for key in ("out", "quick", "steps", "seeds", "fast", "study", "eval_images", "threads", "jobs", "sweep",
+                "write_docs", "scenario"):
         assert f"  {key} " in out, key
     cfg = demo.parse(["--fast", "--seeds", "2", "scenario=safety", "--no-write-docs"])
     assert (cfg.fast, cfg.seeds, cfg.scenario, cfg.write_docs, cfg.out) == (True, 2, "safety", False, "outputs/demo")
     for argv, message in ((["--seeds", "0"], "--seeds must be >= 1"), (["--scenario", "ocr"], "not one of"),
-                          (["--quick", "scenario=iterative"], "drop --quick")):
+                          (["--quick", "scenario=iterative"], "drop --quick"), (["--jobs", "0"], "--jobs must be >= 1")):
         assert cli(["demo", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

@@ -40,8 +40,11 @@ class DemoOptions:
     study: bool = option(False, help="toy demo with the power to call each claim: 5 seeds (unless --seeds), 300 "
                                      "eval images")
     eval_images: int | None = option(None, help="toy demo: eval images per seed (default 100)")
-    threads: int | None = option(None, help="toy demo: torch CPU threads (pretraining included: another count, "
-                                            "another toy model)")
+    threads: int | None = option(None, help="toy demo: torch CPU threads per seed (pretraining included: another "
+                                            "count, another toy model); default 1 for the hallucination scenario, "
+                                            "whose tiny ops run faster on one thread than on two")
+    jobs: int | None = option(None, help="toy demo (hallucination, sweep): seeds run at once, each in its own "
+                                         "process; default: as many as the cores hold at --threads each")
     sweep: bool = option(False, help="toy demo: the learning-rate sweep of each training recipe on tuning seeds "
                                      "100.. (held-out images; --seeds sets how many, default 2)")
     write_docs: bool = option(False, help="toy demo: write the results into README.md and docs/toy.md between "
@@ -54,7 +57,7 @@ class DemoOptions:
         if self.quick and self.scenario != "hallucination":
             raise BpoError("--quick is the tiny DPO smoke run and has no scenarios; drop --quick to run "
                            f"--scenario {self.scenario} (add --fast for a small version)")
-        for key in ("steps", "seeds", "eval_images", "threads"):
+        for key in ("steps", "seeds", "eval_images", "threads", "jobs"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise BpoError(f"--{key.replace('_', '-')} must be >= 1, not {value}")

@@ -22,7 +22,7 @@ from bpo.toy.data import _image_rel, export
 from bpo.toy.docs_tables import format_table, summarize, write_docs, write_report
 from bpo.toy.measure import existence_prior, noise_curve, prior_pull
 from bpo.toy.model import load_world
-from bpo.toy.stages import StagedRun, TrainBudget, log_results
+from bpo.toy.stages import StagedRun, TrainBudget, default_jobs, log_results, run_seeds
 from bpo.toy.world import parse_caption
 
 
@@ -198,6 +198,7 @@ def _parse_rate(world, ev: Path) -> float:
     return ok / max(1, len(rows))
 
 
+DEFAULT_THREADS = 1
 STUDY = dict(n_eval=300, n_pope=100)  # `--study`: with --seeds 5 (the default of --study)
 
 
@@ -209,10 +210,16 @@ def demo_config(args) -> DemoConfig:
     if getattr(args, "eval_images", None):
         over["n_eval"] = args.eval_images
         over["n_pope"] = min(over.get("n_pope", DemoConfig.n_pope), args.eval_images)
-    if getattr(args, "threads", None):
-        # the pretraining thread count is part of the toy model's cache key: another count, another model
-        over["pretrain_overrides"] = {**over.get("pretrain_overrides", {}), "threads": args.threads}
+    # the pretraining thread count is part of the toy model's cache key: another count, another model
+    over["pretrain_overrides"] = {**over.get("pretrain_overrides", {}), "threads": demo_threads(args)}
     return DemoConfig(**over)
+
+
+def demo_threads(args) -> int:
+    """``--threads``, else 1: the toy's ops are so small that a second thread costs more in barriers than it
+    computes (measured: 2,000 alignment steps took ~400 s on 2 threads, ~150-220 s on 1), and ``--jobs`` gives
+    the other core a seed of its own."""
+    return getattr(args, "threads", None) or DEFAULT_THREADS
 
 
 def seed_list(args) -> list[int]:
@@ -227,7 +234,8 @@ def command_line(args) -> str:
     for flag, attr in (("--fast", "fast"), ("--study", "study")):
         if getattr(args, attr, False):
             parts.append(flag)
-    for flag, attr in (("--seeds", "seeds"), ("--eval-images", "eval_images"), ("--threads", "threads")):
+    for flag, attr in (("--seeds", "seeds"), ("--eval-images", "eval_images"), ("--threads", "threads"),
+                       ("--jobs", "jobs")):
         if getattr(args, attr, None):
             parts.append(f"{flag} {getattr(args, attr)}")
     return " ".join(parts)
@@ -238,16 +246,15 @@ def main(args, out: Path, run_command) -> int:
 
     cfg = demo_config(args)
     cfg.command = command_line(args)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    threads = demo_threads(args)
+    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     seeds = seed_list(args)
     t0 = time.perf_counter()
     log = print
     log(f"bpo demo: toy-world Bootstrapped PO, seed(s) {seeds}, {cfg.n_eval} eval images, outputs in {out}")
-    results = []
-    for seed in seeds:
-        results.append(SeedRun(cfg, out, seed, log, run_command).run())
+    jobs = getattr(args, "jobs", None) or default_jobs(len(seeds), threads)
+    results = run_seeds(SeedRun, cfg, out, seeds, log, run_command, jobs=jobs, threads=threads)
     table = summarize(results)
     claims = check_claims(results, out, RECIPE_VARIANTS, n_boot=cfg.n_boot)
     wall = time.perf_counter() - t0

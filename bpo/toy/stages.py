@@ -7,6 +7,7 @@ Each demo lives in its own module (:mod:`bpo.toy.hallucination_demo`, :mod:`bpo.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -81,6 +82,40 @@ class StagedRun:
             "lora.dropout=0.0", f"loss.beta={c.beta}", f"loss.sft_weight={c.sft_weight}", f"run.seed={self.seed}",
             "run.progress=false", "run.tensorboard=false", "run.resume=none", *extra)
         return out
+
+
+def _seed_worker(run_cls, cfg, out: Path, seed: int, run_command, threads: int) -> dict:
+    """One seed in a worker process (module level, so ``spawn`` can pickle it)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    # flushed per line: a worker's stdout is a pipe or file, block-buffered, and the log is the progress report
+    return run_cls(cfg, out, seed, functools.partial(print, flush=True), run_command).run()
+
+
+def run_seeds(run_cls, cfg, out: Path, seeds: list[int], log, run_command, *, jobs: int = 1,
+              threads: int = 1) -> list[dict]:
+    """``run_cls(cfg, out, seed, log, run_command).run()`` for every seed, in seed order; ``jobs`` > 1 runs that
+    many seeds at once, each in a fresh ``spawn`` process with ``threads`` torch threads.
+
+    A seed's numbers depend on its seed and thread count only (each builds and caches its own toy model and
+    writes to its own ``seed-N`` folder), so the results equal a sequential run's; the log lines interleave.
+    """
+    if jobs <= 1 or len(seeds) <= 1:
+        return [run_cls(cfg, out, s, log, run_command).run() for s in seeds]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log(f"running {len(seeds)} seeds, {jobs} at a time ({threads} torch thread(s) each)")
+    # spawn, not fork: a forked child of a process whose OpenMP pool has started can hang in its first op
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_seed_worker, run_cls, cfg, out, s, run_command, threads) for s in seeds]
+        return [f.result() for f in futures]
+
+
+def default_jobs(n_seeds: int, threads: int) -> int:
+    """As many seeds at once as the cores hold at ``threads`` each (at least 1, at most ``n_seeds``)."""
+    return max(1, min(n_seeds, (os.cpu_count() or 1) // max(1, threads)))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -18,7 +18,8 @@ import numpy as np
 
 from bpo.io import atomic_write, write_json
 from bpo.toy import verdicts as V
-from bpo.toy.hallucination_demo import SeedRun, demo_config
+from bpo.toy.hallucination_demo import SeedRun, demo_config, demo_threads
+from bpo.toy.stages import default_jobs, run_seeds
 
 TUNING_SEED = 100
 GRID = {  # recipe -> learning rates tried (steps, beta fixed: see the module docstring)
@@ -61,6 +62,8 @@ def select(seed_results: list[dict], grid: dict = GRID) -> dict:
 
 
 def run(args, out: Path, run_command) -> int:
+    import torch
+
     cfg = demo_config(args)
     variants, recipes = grid_variants()
     cfg.extra_variants, cfg.recipes = variants, {**cfg.recipes, **recipes}
@@ -73,7 +76,10 @@ def run(args, out: Path, run_command) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"bpo demo --sweep: tuning seeds {seeds}, held-out images, grid {GRID}; outputs in {out}")
-    results = [SeedRun(cfg, out, s, print, run_command).run() for s in seeds]
+    threads = demo_threads(args)
+    torch.set_num_threads(threads)
+    jobs = getattr(args, "jobs", None) or default_jobs(len(seeds), threads)
+    results = run_seeds(SeedRun, cfg, out, seeds, print, run_command, jobs=jobs, threads=threads)
     choice = select(results)
     wall = time.perf_counter() - t0
     lines = [f"# Recipe sweep (tuning seeds {', '.join(map(str, seeds))}; {cfg.n_eval} held-out images each; "
