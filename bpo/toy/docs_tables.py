@@ -30,6 +30,7 @@ METRICS = [("CHAIR_s", lambda r: r["chair"]["chair_s"]), ("CHAIR_i", lambda r: r
            ("POPE adv acc", lambda r: r["pope"]["per_split"]["adversarial"]["accuracy"]),
            ("POPE adv yes", lambda r: r["pope"]["per_split"]["adversarial"]["yes_ratio"]),
            ("yes partner / far", lambda r: r["existence_prior"]["excess"]),
+           ("P(yes) partner / far", lambda r: r["existence_prior"]["p_excess"]),
            ("pull", lambda r: r["pull"]["pull"]), ("parse", lambda r: r["parse_rate"])]
 
 
@@ -94,7 +95,8 @@ def results_markdown(summary: dict) -> str:
              "Mean ± std over seeds (CHAIR / pull: lower is better; POPE rand / adv acc: random / adversarial split "
              "accuracy; POPE adv yes: yes-ratio on the adversarial split; yes partner / far: first-token false-yes rate on "
              "absent partners of present objects / on absent kinds as far from every present object, the prior in the "
-             "yes/no answers, 1 = none):", "",
+             "yes/no answers, 1 = none, mean over the seeds where far kinds got any yes; P(yes) partner / far: the same "
+             "ratio of the mean first-token P(yes), which shows the prior before it flips an answer):", "",
              format_table(summary["table"]), "",
              "Verdicts (95% paired bootstrap over images, resampled within each seed and averaged over seeds; holds / "
              "fails when the interval excludes the threshold on the claimed / the other side, else unresolved):", ""]

@@ -185,6 +185,8 @@ def existence_prior(model, processor, world: World, scenes, *, batch_size: int =
     and shape with their object, so its adversarial negatives are perceptually easier than random
     ones (most of which are near misses). The prior in the yes/no answers is ``partner`` vs ``far``
     (equally far from every present object, only the partner relation differs); ``excess`` is their ratio.
+    ``p_yes`` is each group's mean P(yes) (softmax over the two answers' first-token logits) and ``p_excess``
+    the partner / far ratio of it: like the caption pull, it shows the prior where it does not flip a decision.
     """
     import torch
 
@@ -197,7 +199,7 @@ def existence_prior(model, processor, world: World, scenes, *, batch_size: int =
     pixels = _pixels(world, scenes, processor)
     items = [(i, k, negative_kind(world, s, k)) for i, s in enumerate(scenes) for k in world.kinds
              if k not in s.names]
-    said, total = {}, {}
+    said, total, p_yes = {}, {}, {}
     for b in range(0, len(items), batch_size):
         chunk = items[b: b + batch_size]
         rows = [cache.ids(EXIST_TEMPLATE.format(name=k)) for _, k, _ in chunk]
@@ -206,12 +208,17 @@ def existence_prior(model, processor, world: World, scenes, *, batch_size: int =
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(),
                            pixel_values=pixels[[i for i, _, _ in chunk]]).logits[:, -1]
-        for (_, _, group), y in zip(chunk, (logits[:, yes] > logits[:, no]).tolist()):
+        # P(yes) between the two answers: the prior can show in the probability before it flips a decision
+        prob = torch.softmax(logits[:, [yes, no]].float(), -1)[:, 0].tolist()
+        for (_, _, group), y, p in zip(chunk, (logits[:, yes] > logits[:, no]).tolist(), prob):
             said[group] = said.get(group, 0) + y
             total[group] = total.get(group, 0) + 1
-    out = {g: {"false_yes": said[g] / total[g], "n": total[g]} for g in sorted(total)}
+            p_yes[group] = p_yes.get(group, 0.0) + p
+    out = {g: {"false_yes": said[g] / total[g], "p_yes": p_yes[g] / total[g], "n": total[g]} for g in sorted(total)}
     far, partner = out.get("far", {}).get("false_yes"), out.get("partner", {}).get("false_yes")
     out["excess"] = partner / far if far and partner is not None else None
+    far_p, partner_p = out.get("far", {}).get("p_yes"), out.get("partner", {}).get("p_yes")
+    out["p_excess"] = partner_p / far_p if far_p and partner_p is not None else None
     return out
 
 

@@ -49,8 +49,12 @@ def test_measure_reports_pull_and_noise_curve(micro_pretrained):
     assert set(out["pope"]) == {"random", "popular", "adversarial"}
     prior = out["existence_prior"]
     # every absent kind of every scene is asked once, in exactly one group
-    assert sum(g["n"] for k, g in prior.items() if k != "excess") == sum(16 - s.count for s in
-                                                                        (World().scene("eval", i) for i in range(6)))
+    groups = {k: g for k, g in prior.items() if k not in ("excess", "p_excess")}
+    assert sum(g["n"] for g in groups.values()) == sum(16 - s.count for s in (World().scene("eval", i) for i in range(6)))
+    for g in groups.values():  # a "yes" decision is P(yes) > 0.5, a "no" one P(yes) < 0.5
+        assert 0.5 * g["false_yes"] <= g["p_yes"] <= g["false_yes"] + 0.5 * (1 - g["false_yes"])
+    if prior.get("far", {}).get("p_yes") and "partner" in prior:
+        assert prior["p_excess"] == prior["partner"]["p_yes"] / prior["far"]["p_yes"]
 
 
 def test_negative_kind_by_hand():
