@@ -54,6 +54,33 @@ def test_fast_toy_pipeline(tmp_path, capsys):
     assert "report:" in printed
 
 
+def test_fast_sweep_on_tuning_seeds_and_held_out_images(tmp_path, capsys):
+    """`bpo demo --sweep --fast`: every grid point trains on a tuning seed, is scored on held-out scenes, and the
+    fixed criterion picks one setting per recipe (or none) from a table that lists them all."""
+    from bpo.toy.sweep import FAST_GRID, grid_points
+
+    out = tmp_path / "sweep"
+    assert cli(["demo", "--sweep", "--fast", "--seeds", "1", "--out", str(out)]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["seeds"] == [100]
+    names = [name for _, name, _ in grid_points(FAST_GRID)]
+    for recipe in FAST_GRID:
+        rows = sweep["choice"][recipe]["grid"]
+        assert len(rows) == sum(n.startswith(recipe) for n in names)
+        chosen = sweep["choice"][recipe]["chosen"]
+        assert chosen is None or any(all(r[k] == chosen[k] for k in ("lr", "steps", "beta")) and r["recall_ok"]
+                                     for r in rows)
+    runs = out / "seed-100" / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == sorted(names)
+    import yaml
+
+    cfg = yaml.safe_load((runs / "reg_lr0.002_s4_b0.5" / "config.yaml").read_text())
+    assert (cfg["optim"]["lr"], cfg["run"]["max_steps"], cfg["loss"]["beta"]) == (2e-3, 4, 0.5)
+    records = (out / "seed-100" / "data" / "chair.jsonl").read_text()
+    assert '"heldout-' in records and '"eval-' not in records  # tuning never sees the reported eval images
+    assert "| reg | 0.002 | 4 | 0.5 |" in (out / "sweep.md").read_text()
+
+
 def test_fast_safety_scenario(tmp_path, capsys):
     """`bpo demo --scenario safety --fast`: every public stage runs and the report holds the measured rates."""
     out = tmp_path / "safety"

@@ -95,18 +95,24 @@ def test_docs_block_is_replaced_between_markers_only():
 
 
 def test_sweep_selection_criterion():
-    """Recall must stay >= 90% of base; among those the lowest CHAIR_i wins, ties to the smaller lr."""
-    from bpo.toy.sweep import select
+    """Recall must stay >= 90% of base; among those the lowest CHAIR_i wins; ties to the smaller lr, then fewer
+    steps, then the smaller beta."""
+    from bpo.toy.sweep import grid_points, select
 
     rows = lambda h, hits: np.tile([h, 4, hits, 4], (10, 1)).tolist()  # noqa: E731
-    results = {"base": {"counts": rows(2, 4)},  # CHAIR_i 0.5, recall 1.0
-               "reg_lr0.001": {"counts": rows(1, 4)}, "reg_lr0.002": {"counts": rows(1, 4)},  # tie: 0.001 wins
-               "reg_lr0.004": {"counts": rows(0, 3)},  # best CHAIR_i but recall 0.75 < 0.9
-               "paper_lr0.0002": {"counts": rows(0, 2)}}  # nothing keeps recall: no choice
-    out = select([{"results": results}], grid={"reg": (1e-3, 2e-3, 4e-3), "paper": (2e-4,)})
-    assert out["reg"]["chosen_lr"] == 1e-3
-    assert [r["recall_ok"] for r in out["reg"]["grid"]] == [True, True, False]
-    assert out["paper"]["chosen_lr"] is None and out["base"]["chair_i"] == pytest.approx(0.5)
+    grid = {"reg": ((1e-3, 2e-3), (30, 60), (0.1,)), "paper": ((2e-4,), (60,), (0.1, 0.5))}
+    counts = {"reg_lr0.001_s30_b0.1": rows(0, 3),  # best CHAIR_i but recall 0.75 < 0.9
+              "reg_lr0.001_s60_b0.1": rows(1, 4), "reg_lr0.002_s30_b0.1": rows(1, 4),  # tie: the smaller lr wins
+              "reg_lr0.002_s60_b0.1": rows(2, 4),
+              "paper_lr0.0002_s60_b0.1": rows(0, 2), "paper_lr0.0002_s60_b0.5": rows(0, 1)}  # no recall: no choice
+    assert [name for _, name, _ in grid_points(grid)] == list(counts)  # tie-break order
+    results = {"base": {"counts": rows(2, 4)}, **{k: {"counts": v} for k, v in counts.items()}}  # base CHAIR_i 0.5
+    out = select([{"results": results}], grid=grid)
+    assert out["reg"]["chosen"] == {"lr": 1e-3, "steps": 60, "beta": 0.1, "sft_weight": 1.0}
+    assert [r["recall_ok"] for r in out["reg"]["grid"]] == [False, True, True, True]
+    assert out["paper"]["chosen"] is None and out["base"]["chair_i"] == pytest.approx(0.5)
+    tie = {**results, "reg_lr0.001_s60_b0.1": {"counts": rows(2, 4)}}  # now 0.002 x 30 is alone at the lowest
+    assert select([{"results": tie}], grid=grid)["reg"]["chosen"]["lr"] == 2e-3
 
 
 def test_write_docs_fills_both_files(tmp_path):
