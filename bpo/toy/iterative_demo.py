@@ -37,7 +37,8 @@ class IterativeDemoConfig(TrainBudget):  # per round: the hallucination demo's b
     # were measured on.
     pretrain_overrides: dict = field(default_factory=lambda: {"align_exist_share": 0.2, "align_stop_pope": None,
                                                               "align_steps": 1000,
-                                                              "model": {"heads": 4, "kv_heads": 2}})
+                                                              "model": {"heads": 4, "kv_heads": 2},
+                                                              "world": {"hidden_prob": 0.0}})
 
 
 ITERATIVE_FAST = dict(rounds=2, n_train=32, n_eval=12, n_pope=4, train_steps=3, batch_size=8, max_new_tokens=10,

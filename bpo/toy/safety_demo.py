@@ -45,7 +45,8 @@ class SafetyDemoConfig(TrainBudget):
     # numbers).
     pretrain_overrides: dict = field(default_factory=lambda: {"align_text_mix": 0.1, "align_exist_share": 0.2,
                                                               "align_stop_pope": None, "align_steps": 1000,
-                                                              "model": {"heads": 4, "kv_heads": 2}})
+                                                              "model": {"heads": 4, "kv_heads": 2},
+                                                              "world": {"hidden_prob": 0.0}})
 
 
 SAFETY_FAST = dict(n_pairs=32, n_eval=8, train_steps=4, batch_size=8, max_new_tokens=12,

@@ -76,6 +76,10 @@ class WorldConfig:
         0.5, help="object kinds are drawn with weight 1/rank^skew (0 = uniform); defines POPE 'popular'")
     faint_prob: float = option(0.25, help="probability that an object is drawn faint (weak visual evidence)")
     faint_contrast: float = option(0.35, help="contrast of a faint object against the background (1 = full)")
+    hidden_prob: float = option(
+        0.15, help="probability that an object after the first is hidden: in the ground truth, the captions and the "
+        "answers, but not drawn (an occluded object of a real photo's annotations); where perception has nothing to "
+        "go on the model must guess, and the text prior makes the partner the likely guess. 0 until 2026-12-01")
     min_scale: float = option(0.7, help="smallest object size as a fraction of its cell")
     pixel_noise: float = option(6.0, help="std of per-pixel sensor noise (0-255 scale)")
 
@@ -91,6 +95,8 @@ class WorldConfig:
         grid = (self.image_size // self.cell_size) ** 2
         if not 1 <= self.min_objects <= self.max_objects <= min(grid, len(COUNT_WORDS) - 1):
             raise BpoError(f"need 1 <= min_objects <= max_objects <= {min(grid, len(COUNT_WORDS) - 1)}")
+        if not 0.0 <= self.hidden_prob < 1.0:
+            raise BpoError(f"hidden_prob must be in [0, 1), got {self.hidden_prob}")
         for name in ("image_partner_prob", "text_partner_prob"):
             p = getattr(self, name)
             if p is not None and not 0.0 <= p <= 1.0:
@@ -103,7 +109,8 @@ class WorldConfig:
 
 @dataclass(frozen=True)
 class Obj:
-    """One object: kind (colour + shape), grid cell, size and whether it is faint."""
+    """One object: kind (colour + shape), grid cell, size, whether it is faint and whether it is hidden (in the
+    ground truth but not drawn)."""
 
     colour: str
     shape: str
@@ -111,6 +118,7 @@ class Obj:
     col: int
     scale: float = 1.0
     faint: bool = False
+    hidden: bool = False
 
     @property
     def name(self) -> str:
@@ -233,19 +241,24 @@ class World:
         rng = _rng(cfg.seed, split, index)
         names = self._chain(rng, cfg.image_partner_prob)
         cells = rng.choice(cfg.grid * cfg.grid, size=len(names), replace=False)
+        scene_id = f"{split}-{index:06d}"
         objs = []
-        for name, cell in zip(names, cells):
+        for i, (name, cell) in enumerate(zip(names, cells)):
             colour, shape = name.split()
+            # its own stream, so the other draws (and every scene of a world without hidden objects) stay as they were
+            hidden = i > 0 and bool(_rng(cfg.seed, "hidden", scene_id, i).random() < cfg.hidden_prob)
             objs.append(Obj(colour, shape, int(cell) // cfg.grid, int(cell) % cfg.grid,
                             scale=round(float(rng.uniform(cfg.min_scale, 1.0)), 3),
-                            faint=bool(rng.random() < cfg.faint_prob)))
-        return Scene(id=f"{split}-{index:06d}", objects=tuple(objs))
+                            faint=bool(rng.random() < cfg.faint_prob), hidden=hidden))
+        return Scene(id=scene_id, objects=tuple(objs))
 
     def cell_labels(self, scene: Scene) -> list[int]:
-        """Per grid cell in row-major (= image-token) order: 0 if empty, else 1 + the kind's index."""
+        """Per grid cell in row-major (= image-token) order: 0 if empty (or its object hidden: the pixels show
+        nothing there), else 1 + the kind's index."""
         labels = [0] * (self.cfg.grid * self.cfg.grid)
         for o in scene.objects:
-            labels[o.row * self.cfg.grid + o.col] = 1 + self.kinds.index(o.name)
+            if not o.hidden:
+                labels[o.row * self.cfg.grid + o.col] = 1 + self.kinds.index(o.name)
         return labels
 
     def text_names(self, index: int) -> list[str]:
@@ -267,6 +280,8 @@ class World:
         bg = np.array([40.0, 40.0, 40.0])
         img = np.broadcast_to(bg, (cfg.image_size, cfg.image_size, 3)).copy()
         for o in scene.objects:
+            if o.hidden:
+                continue
             colour = np.array(COLOUR_RGB[o.colour], dtype=float)
             if o.faint:
                 colour = bg + cfg.faint_contrast * (colour - bg)

@@ -167,10 +167,11 @@ def test_pretrain_with_safety_has_its_own_key_and_reloads(tmp_path, micro_recipe
     # The default demo model's key is pinned: it changes only deliberately (recipe v2, POPE that works,
     # moved it from d7c4206c55ca2577; the second POPE round (existence share 0.5, cap 2000, stop 0.9) from
     # 8b54931d0c119759; recipe 3 (8 attention heads, one key/value projection each) from 2b3b83ed7ccfbbeb;
-    # update it when the recipe changes on purpose).
+    # hidden objects in the world (hidden_prob 0.15) from 8ad4293e8b42f3db; update it when the recipe changes on
+    # purpose).
     from bpo.toy.pretrain import RecipeConfig
 
-    assert cache_key(WorldConfig(), RecipeConfig()) == "8ad4293e8b42f3db"
+    assert cache_key(WorldConfig(), RecipeConfig()) == "3c1f76913f65dca0"
     assert cache_key(WorldConfig(), recipe, small) != cache_key(WorldConfig(), recipe)
     res = pretrain(WorldConfig(), recipe, safety=small, cache_root=tmp_path, log=lambda s: None)
     meta = json.loads((res.path / "toy.json").read_text())
@@ -183,16 +184,21 @@ def test_pretrain_with_safety_has_its_own_key_and_reloads(tmp_path, micro_recipe
 
 
 def test_safety_and_iterative_demos_keep_their_models_when_the_default_recipe_moves():
-    """Their overrides pin the first recipe's QA mix, stop, cap and attention heads: the documented numbers were
-    measured on these. The keys still move with RECIPE_VERSION (recipe 3: 3fe2f1d3c11d4677 / 80c3bd492bd90e91
-    before), the training does not."""
+    """Their overrides pin the first recipe's QA mix, stop, cap and attention heads, and a world without hidden
+    objects: the documented numbers were measured on these. The keys still move when a config gains a field or
+    RECIPE_VERSION moves (00dcc8be0b5bb412 / c7a34c6878a1cb57 before hidden_prob), the training does not."""
     from bpo.config import from_dict
     from bpo.toy.iterative_demo import IterativeDemoConfig
     from bpo.toy.pretrain import RecipeConfig
     from bpo.toy.safety_demo import SafetyDemoConfig
 
+    def key(over: dict, safety=None):
+        over = dict(over)
+        world = from_dict(WorldConfig, over.pop("world"))
+        assert world.hidden_prob == 0.0 and from_dict(RecipeConfig, {"seed": 0, **over}).model.heads == 4
+        return cache_key(world, from_dict(RecipeConfig, {"seed": 0, **over}), safety)
+
     sc, ic = SafetyDemoConfig(), IterativeDemoConfig()
-    safety = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **sc.pretrain_overrides}),
-                       from_dict(SafetyConfig, dict(sc.safety)))
-    iterative = cache_key(WorldConfig(), from_dict(RecipeConfig, {"seed": 0, **ic.pretrain_overrides}))
-    assert (safety, iterative) == ("00dcc8be0b5bb412", "c7a34c6878a1cb57")
+    safety = key(sc.pretrain_overrides, from_dict(SafetyConfig, dict(sc.safety)))
+    iterative = key(ic.pretrain_overrides)
+    assert (safety, iterative) == ("3492fe8ea28baf65", "1269386d957bf0b1")

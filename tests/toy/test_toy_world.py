@@ -46,13 +46,16 @@ def test_captions_parse_back_to_the_scene(world):
 
 
 def test_rendered_objects_sit_in_their_cells(world):
-    """A full-contrast object's cell holds its colour (within sensor noise); empty cells are background."""
+    """A full-contrast object's cell holds its colour (within sensor noise); empty cells, and the cells of hidden
+    objects, are background."""
     cs = world.cfg.cell_size
     for i in range(50):
         s = world.scene("train", i)
         img = world.render(s).astype(float)
-        occupied = {(o.row, o.col) for o in s.objects}
+        occupied = {(o.row, o.col) for o in s.objects if not o.hidden}
         for o in s.objects:
+            if o.hidden:
+                continue
             cell = img[o.row * cs:(o.row + 1) * cs, o.col * cs:(o.col + 1) * cs]
             mask = shape_mask(o.shape, cs, o.scale)
             target = np.array(COLOUR_RGB[o.colour], float)
@@ -203,3 +206,23 @@ def test_existence_share_of_the_qa_mix():
     assert [w.qa(s, 7) for s in scenes] == [w.qa(s, 7, 0.2) for s in scenes]
     share = sum(w.qa(s, k, 0.35)[0] == "exist" for s in scenes for k in range(2)) / 600
     assert 0.30 <= share <= 0.40
+
+
+def test_hidden_objects_are_in_the_truth_but_not_in_the_pixels(world):
+    """About hidden_prob of the objects after the first are hidden; never the first; the pixels and the vision
+    warm-up's cell labels do not show them, the names (captions, answers, CHAIR truth) do; a world without them
+    draws the same scenes otherwise."""
+    from bpo.toy.world import World, WorldConfig
+
+    scenes = [world.scene("train", i) for i in range(2000)]
+    later = [o for s in scenes for o in s.objects[1:]]
+    assert not any(s.objects[0].hidden for s in scenes)
+    assert abs(sum(o.hidden for o in later) / len(later) - world.cfg.hidden_prob) < 0.03
+    s = next(s for s in scenes if any(o.hidden for o in s.objects))
+    o = next(o for o in s.objects if o.hidden)
+    assert o.name in s.names and world.cell_labels(s)[o.row * world.cfg.grid + o.col] == 0
+    cs = world.cfg.cell_size
+    assert abs(world.render(s)[o.row * cs:(o.row + 1) * cs, o.col * cs:(o.col + 1) * cs].mean() - 40) < 5
+    plain = World(WorldConfig(hidden_prob=0.0)).scene("train", scenes.index(s))
+    assert [(p.name, p.row, p.col, p.scale, p.faint) for p in plain.objects] == \
+        [(q.name, q.row, q.col, q.scale, q.faint) for q in s.objects] and not any(p.hidden for p in plain.objects)
