@@ -223,6 +223,16 @@ def demo_threads(args) -> int:
     return getattr(args, "threads", None) or DEFAULT_THREADS
 
 
+def run_demo_seeds(args, cfg, out: Path, seeds: list[int], log, run_command) -> list[dict]:
+    """Every seed's :class:`SeedRun` at ``--threads`` each, ``--jobs`` at once (default: as many as the cores hold)."""
+    import torch
+
+    threads = demo_threads(args)
+    torch.set_num_threads(threads)
+    jobs = getattr(args, "jobs", None) or default_jobs(len(seeds), threads)
+    return run_seeds(SeedRun, cfg, out, seeds, log, run_command, jobs=jobs, threads=threads)
+
+
 def seed_list(args) -> list[int]:
     n = getattr(args, "seeds", None) or (5 if getattr(args, "study", False) else 1)
     first = getattr(args, "first_seed", 0) or 0
@@ -243,19 +253,14 @@ def command_line(args) -> str:
 
 
 def main(args, out: Path, run_command) -> int:
-    import torch
-
     cfg = demo_config(args)
     cfg.command = command_line(args)
-    threads = demo_threads(args)
-    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     seeds = seed_list(args)
     t0 = time.perf_counter()
     log = print
     log(f"bpo demo: toy-world Bootstrapped PO, seed(s) {seeds}, {cfg.n_eval} eval images, outputs in {out}")
-    jobs = getattr(args, "jobs", None) or default_jobs(len(seeds), threads)
-    results = run_seeds(SeedRun, cfg, out, seeds, log, run_command, jobs=jobs, threads=threads)
+    results = run_demo_seeds(args, cfg, out, seeds, log, run_command)
     table = summarize(results)
     claims = check_claims(results, out, RECIPE_VARIANTS, n_boot=cfg.n_boot)
     wall = time.perf_counter() - t0

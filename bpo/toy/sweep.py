@@ -18,8 +18,7 @@ import numpy as np
 
 from bpo.io import atomic_write, write_json
 from bpo.toy import verdicts as V
-from bpo.toy.hallucination_demo import SeedRun, demo_config, demo_threads
-from bpo.toy.stages import default_jobs, run_seeds
+from bpo.toy.hallucination_demo import demo_config, run_demo_seeds
 
 TUNING_SEED = 100
 # recipe -> (learning rates, steps, betas): the full product is tried. The lr ranges extend the first sweeps'
@@ -72,8 +71,6 @@ def select(seed_results: list[dict], grid: dict = GRID) -> dict:
 
 
 def run(args, out: Path, run_command) -> int:
-    import torch
-
     cfg = demo_config(args)
     grid = FAST_GRID if getattr(args, "fast", False) else GRID
     variants, recipes = grid_variants(grid)
@@ -84,10 +81,7 @@ def run(args, out: Path, run_command) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"bpo demo --sweep: tuning seeds {seeds}, held-out images, grid {grid}; outputs in {out}")
-    threads = demo_threads(args)
-    torch.set_num_threads(threads)
-    jobs = getattr(args, "jobs", None) or default_jobs(len(seeds), threads)
-    results = run_seeds(SeedRun, cfg, out, seeds, print, run_command, jobs=jobs, threads=threads)
+    results = run_demo_seeds(args, cfg, out, seeds, print, run_command)
     choice = select(results, grid)
     wall = time.perf_counter() - t0
     lines = [f"# Recipe sweep (tuning seeds {', '.join(map(str, seeds))}; {cfg.n_eval} held-out images each; "

@@ -102,6 +102,17 @@ def reference_kind(cfg) -> str | None:
     return DISABLED_ADAPTER if cfg.lora.enabled else FROZEN_COPY
 
 
+def _under_autocast(score, acc):
+    """``score`` under the run's autocast, as the policy pass runs (and as TRL computes pi_ref): both passes then do
+    the same arithmetic, and the image features of the policy pass serve the reference pass too
+    (:mod:`bpo.models.vision_share` keys them by autocast state). The cache's pre-pass goes through it as well."""
+    def scored(model, examples, **kwargs):
+        with acc.autocast():
+            return score(model, examples, **kwargs)
+
+    return scored
+
+
 def build_reference(cfg, *, policy, frozen_copy, score, examples, processor, acc, sharded: bool = False,
                     log=print) -> Reference | None:
     """The reference of this run, its cache filled (``run.ref_cache=auto``) before the first optimizer step.
@@ -113,6 +124,7 @@ def build_reference(cfg, *, policy, frozen_copy, score, examples, processor, acc
     kind = reference_kind(cfg)
     if kind is None:
         return None
+    score = _under_autocast(score, acc)
     if kind == DISABLED_ADAPTER:
         network: Reference = DisabledAdapter(policy, score, start=cfg.loss.reference == "start")
     else:
@@ -120,11 +132,8 @@ def build_reference(cfg, *, policy, frozen_copy, score, examples, processor, acc
     if cfg.run.ref_cache == "off":
         return network
     # called through the module, so a bench can time the pre-pass and a test can interrupt it
-    def compute(batch):
-        with acc.autocast():  # the same autocast as the reference pass of micro_step, so the same values
-            return network.logps(batch)
-
-    cache = ref_cache.build_reference_cache(cfg, processor, policy, examples, compute, acc, sharded=sharded, log=log)
+    cache = ref_cache.build_reference_cache(cfg, processor, policy, examples, network.logps, acc, sharded=sharded,
+                                            log=log)
     if network.frozen_copy is not None:
         log("reference cache complete: freed the frozen reference copy")
     return CachedReference(cache, kind, device=acc.device)

@@ -233,11 +233,7 @@ class Trainer:
             stats.add("logps/chosen", chosen)
             stats.add("nll/chosen", losses)
             return losses.mean()
-        # pi_ref under the same autocast as pi_theta (as TRL does): at the first step the two passes then compute
-        # the same numbers (rewards exactly 0 under bf16, not a bf16-vs-fp32 gap), and the vision features of the
-        # policy pass are the reference's too (bpo.models.vision_share keys them by autocast state)
-        with self.acc.autocast():
-            ref = self._reference_logps(examples)
+        ref = self._reference_logps(examples)  # under the policy's autocast (bpo.train.reference)
         weights, sources = negative_matrix(examples, logps.shape[1], device=logps.device)
         # every loss takes every option; validate() refuses one that does not apply (label_smoothing: sigmoid)
         out = self.loss_fn(chosen, rejected, ref[:, 0], ref[:, 1:], beta=cfg.loss.beta, valid=valid[:, 1:],

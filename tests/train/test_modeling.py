@@ -45,7 +45,8 @@ def test_bf16_run_stores_frozen_weights_in_bf16_and_trains(tiny_llava, pref_file
 def test_bf16_reference_runs_under_the_policys_autocast(tiny_llava, pref_file, image_root, tmp_path,
                                                         fresh_accelerate_state):
     """pi_ref under the same bf16 autocast as pi_theta: before any optimizer step the two passes compute the same
-    log-probs (rewards exactly 0, not a bf16-vs-fp32 gap), and the vision tower runs once for both passes."""
+    log-probs (rewards exactly 0), and the vision tower runs once for both passes (twice when the reference pass ran
+    outside autocast)."""
     cfg = make_cfg(tiny_llava, pref_file, image_root, tmp_path / "run", "run.max_steps=1", "run.precision=bf16",
                    "run.ref_cache=off")
     tr = Trainer(cfg, log=lambda *_: None).setup()
