@@ -15,7 +15,9 @@ The vision tower runs once per image: the vision tensors are passed once per exa
 an already built 4-D mask as it is (``masking_utils._preprocess_mask_arguments``), and explicit
 ``position_ids``; the mask is built here per attention backend (:func:`attn_backend`):
 
-- ``sdpa``: a boolean ``[rows, 1, T, T]`` mask (True = attend), one example per row, rows right-padded;
+- ``sdpa``: a boolean ``[rows, 1, T, T]`` mask (True = attend), one example per row, rows right-padded; each
+  layer's attention is split at the shortest prompt (:mod:`bpo.models.prefix_attention`), so the prompt square
+  runs causal flash attention instead of a dense masked one;
 - ``eager``: the same as an additive float mask;
 - ``flex_attention``: a ``BlockMask`` from the same rule plus a document id, so several examples share a
   row with no padding between them (blocks across examples are skipped, not computed); the row is padded
@@ -38,6 +40,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from bpo.errors import BpoError
+from bpo.models import prefix_attention
 from bpo.models.encoding import EncodedExample
 from bpo.models.logprobs import _to_device, cat_vision, model_device, model_dtype, scatter_rows, to_device
 
@@ -142,6 +145,9 @@ class PackedBatch:
     prompt_src: torch.Tensor  # ... and the matching flat indices into the padded prompt batch
     pad_tokens: int
     real_tokens: int
+    # S: with one example per row, every row's first S tokens are its prompt's, attending only causally among
+    # themselves (0 when rows hold several examples); SDPA then splits there (bpo.models.prefix_attention)
+    shared_prefix: int = 0
     # per (device, dtype, backend): the inputs on the device, positions and mask, built once and used by both
     # passes of a step (policy and reference), and the image features shared between them (vision_share)
     device_cache: dict = field(default_factory=dict, repr=False)
@@ -236,11 +242,12 @@ def collate_packed(examples: list[EncodedExample], pad_id: int, capacity: int | 
         inputs.update(vis)
         prompt.update(vis)
     real = sum(lengths)
+    shared = min(len(ex.prompt_ids) for ex in examples) if all(len(r) == 1 for r in rows) else 0
     return PackedBatch(inputs=inputs, doc=doc, seg=seg, pos=pos, src=torch.tensor(src, dtype=torch.long),
                        tgt=torch.tensor(tgt, dtype=torch.long), owner=torch.tensor(owner, dtype=torch.long),
                        example_index=torch.tensor(ex_idx), response_index=torch.tensor(resp_idx), prompt=prompt,
                        prompt_flat=torch.cat(p_flat), prompt_src=torch.cat(p_src), pad_tokens=n * width - real,
-                       real_tokens=real)
+                       real_tokens=real, shared_prefix=shared)
 
 
 def dense_mask(doc: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
@@ -388,7 +395,12 @@ def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
     else:
         position_ids = pos
     mask = attention_mask_for(backend, doc, seg, mask_dtype, additive=additive)
-    batch.device_cache[key] = out = (inputs, mask, position_ids, src, tgt, owner)
+    extra = {}
+    if backend == "sdpa" and batch.shared_prefix and prefix_attention.install():
+        split = prefix_attention.prefix_split(mask, batch.shared_prefix)
+        if split is not None:
+            extra[prefix_attention.KWARG] = split
+    batch.device_cache[key] = out = (inputs, mask, position_ids, src, tgt, owner, extra)
     return out
 
 
@@ -402,10 +414,10 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None,
 
     device, dtype = model_device(model), model_dtype(model)
     base = hf_model(model)
-    inputs, mask, position_ids, src, tgt, owner = _device_tensors(base, batch, device, dtype)
+    inputs, mask, position_ids, src, tgt, owner, extra = _device_tensors(base, batch, device, dtype)
     inputs, vision_ctx = shared_inputs(base, inputs, batch.device_cache, share_vision)
     with vision_ctx:
-        hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
+        hidden = _final_hidden(model, base, **inputs, **extra, attention_mask=mask, position_ids=position_ids)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)
