@@ -59,8 +59,12 @@ def _wrapper(original):
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         kwargs.pop("is_causal", None)
         s = split.split
-        head, _ = original(module, query[:, :, :s], key[:, :, :s], value[:, :, :s], None, is_causal=True, **kwargs)
-        tail, _ = original(module, query[:, :, s:], key, value, split.tail_mask, is_causal=False, **kwargs)
+        # split(), not slicing: the backward of a slice writes its gradient into a zero tensor of the whole
+        # input, one per slice; that of split() is one concatenation
+        q_head, q_tail = query.split([s, t - s], dim=2)
+        k_head, v_head = key.split([s, t - s], dim=2)[0], value.split([s, t - s], dim=2)[0]
+        head, _ = original(module, q_head, k_head, v_head, None, is_causal=True, **kwargs)
+        tail, _ = original(module, q_tail, key, value, split.tail_mask, is_causal=False, **kwargs)
         return torch.cat([head, tail], dim=1), None  # outputs are [N, T, heads, dim]
 
     prefix_sdpa.bpo_original = original
