@@ -416,8 +416,18 @@ def packed_row_logps(model, batch: PackedBatch, *, chunk: int | None = None,
     base = hf_model(model)
     inputs, mask, position_ids, src, tgt, owner, extra = _device_tensors(base, batch, device, dtype)
     inputs, vision_ctx = shared_inputs(base, inputs, batch.device_cache, share_vision)
+    if extra and getattr(base, "_bpo_no_prefix_kwarg", False):
+        extra = {}
     with vision_ctx:
-        hidden = _final_hidden(model, base, **inputs, **extra, attention_mask=mask, position_ids=position_ids)
+        try:
+            hidden = _final_hidden(model, base, **inputs, **extra, attention_mask=mask, position_ids=position_ids)
+        except TypeError as e:
+            # a module on the way (a vision tower of a family not verified here) that takes no extra keywords:
+            # the dense mask alone is exact, so run without the split from now on
+            if not extra or prefix_attention.KWARG not in str(e):
+                raise
+            base._bpo_no_prefix_kwarg = True
+            hidden = _final_hidden(model, base, **inputs, attention_mask=mask, position_ids=position_ids)
     picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
     softcap = getattr(base.config.get_text_config(), "final_logit_softcapping", None)
     lp = chunked_target_logps(picked, tgt, base.get_output_embeddings(), chunk=chunk, softcap=softcap)

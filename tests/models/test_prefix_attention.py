@@ -141,3 +141,34 @@ def test_packed_rows_of_several_examples_are_not_split(tiny_llava, image_root):
     packed = collate_packed(examples, proc.tokenizer.pad_token_id,
                             capacity=2 * max(map(packed_length, examples)))
     assert packed.doc.shape[0] < len(examples) and packed.shared_prefix == 0
+
+
+def test_a_module_that_refuses_the_keyword_costs_the_split_not_the_step(tiny_llava, image_root, monkeypatch):
+    """A vision tower that takes no extra keywords (full fine-tuning passes them to it): the forward is rerun with
+    the dense mask alone, the same numbers, and the model is not offered the keyword again."""
+    from bpo.models.encoding import Encoder
+    from bpo.models.loading import load
+    from bpo.models.packed import collate_packed, packed_row_logps
+    from tests.models.test_packed import _records
+
+    model, proc = load(tiny_llava)
+    model = model.float()
+    enc = Encoder(proc, image_root, max_length=512)
+    batch = collate_packed([enc.encode(r) for r in _records(2)], proc.tokenizer.pad_token_id)
+    with torch.no_grad():
+        want = packed_row_logps(model, batch)[0]
+    tower = model.model.vision_tower
+    real_forward = tower.forward
+
+    def strict_forward(pixel_values, output_hidden_states=None, return_dict=None, **kwargs):
+        if prefix_attention.KWARG in kwargs:
+            raise TypeError(f"forward() got an unexpected keyword argument '{prefix_attention.KWARG}'")
+        return real_forward(pixel_values, output_hidden_states=output_hidden_states, return_dict=return_dict,
+                            **kwargs)
+
+    monkeypatch.setattr(tower, "forward", strict_forward)
+    batch.device_cache.clear()
+    with torch.no_grad():
+        got = packed_row_logps(model, batch)[0]
+    assert model._bpo_no_prefix_kwarg is True
+    assert (got - want).abs().max().item() <= 1e-5
