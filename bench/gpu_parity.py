@@ -11,6 +11,7 @@ Exit status 1 if any check fails. Part of bench/gpu_check.sh (~1 min).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
@@ -29,6 +30,24 @@ def compare(plain, packed) -> tuple[float, float, bool]:
     dg = max((g_a.get(n, zero) - g_b.get(n, zero)).abs().max().item() for n in names)
     same = bool(torch_equal(v_a, v_b) and torch_equal(n_a, n_b)) and bool(g_b)
     return dv, dg, same and dv <= 1e-5 and dg <= 1e-4
+
+
+@contextlib.contextmanager
+def _count_causal_sdpa():
+    """Counts SDPA calls made with ``is_causal=True`` and no mask: the prompt half of the prefix split."""
+    import torch
+
+    real, count = torch.nn.functional.scaled_dot_product_attention, [0]
+
+    def spy(*args, **kwargs):
+        count[0] += bool(kwargs.get("is_causal")) and kwargs.get("attn_mask") is None
+        return real(*args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = spy
+    try:
+        yield count
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = real
 
 
 def torch_equal(a, b) -> bool:
@@ -72,7 +91,11 @@ def main() -> int:
         examples = _mixed([enc.encode(r) for r in _records(3)])
         pad = proc.tokenizer.pad_token_id
         plain = _run(example_logps, model, examples, pad)
-        check(f"{family} packed (sdpa)", plain, _run(packed_example_logps, model, examples, pad))
+        with _count_causal_sdpa() as causal:
+            packed = _run(packed_example_logps, model, examples, pad)
+        check(f"{family} packed (sdpa, split at the prompt: {causal[0]} causal calls)", plain, packed)
+        if not causal[0]:  # the prefix split (bpo/models/prefix_attention.py) was not taken
+            failed.append(f"{family}: no prefix split")
         if family in ("llava", "llava_next") and not dry:
             model.set_attn_implementation("flex_attention")
 

@@ -463,3 +463,31 @@ def test_sdpa_gets_an_additive_mask_outside_autocast(tiny_llava, image_root):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, auto_mask, *_ = _device_tensors(model, batch, torch.device("cpu"), torch.float32)
     assert auto_mask.dtype == torch.bool and torch.equal(auto_mask, want)
+
+
+def _image_count_records() -> list[Record]:
+    """One image, no image, two images (the second in a later turn): the counts a real batch mixes."""
+    one = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image"}]}]
+    none = [{"role": "user", "content": "what color is a fire truck ?"}]
+    two = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]},
+           {"role": "assistant", "content": "a shape"},
+           {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and this one?"}]}]
+    return [Record(id="one", prompt=one, chosen="a red square", images=["red.png"],
+                   rejected=[Negative("a blue circle", "weakened"), Negative("a cat", "weakened")]),
+            Record(id="none", prompt=none, chosen="red", images=[], rejected=[Negative("green", "weakened")]),
+            Record(id="two", prompt=two, chosen="a green bar", images=["blue.png", "green.png"],
+                   rejected=[Negative("two dogs", "weakened"), Negative("a red square", "weakened"),
+                             Negative("nothing", "weakened")])]
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2vl", "qwen25vl"])
+def test_parity_with_text_only_and_two_image_examples(tiny_family, mixed_size_images, family):
+    """A batch of a one-image, a text-only and a two-image example (K = 2, 1, 3): packed equals plain rows,
+    values and gradients, one example per row (the SDPA split at the shortest prompt, here the text-only one)."""
+    model, proc = load(tiny_family(family))
+    model = model.float().train()
+    enc = Encoder(proc, mixed_size_images, max_length=4096)
+    examples = [enc.encode(r) for r in _image_count_records()]
+    assert [bool(e.vision) for e in examples] == [True, False, True]
+    pad = proc.tokenizer.pad_token_id
+    _assert_parity(_run(example_logps, model, examples, pad), _run(_packed(), model, examples, pad))

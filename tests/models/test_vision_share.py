@@ -72,9 +72,9 @@ def _count_calls(module):
     return calls, handle
 
 
-def _compare(model, proc, image_root, *, expect_mode):
-    enc = Encoder(proc, image_root, max_length=512)
-    examples = [enc.encode(r) for r in _records()]
+def _compare(model, proc, image_root, *, expect_mode, records=None):
+    enc = Encoder(proc, image_root, max_length=4096)
+    examples = [enc.encode(r) for r in (records or _records())]
     pad = proc.tokenizer.pad_token_id
     base = hf_model(model)
     assert share_reason(base)[0] == expect_mode
@@ -146,3 +146,13 @@ def test_mode_and_autocast_enter_the_key(tiny_family, image_root):
     finally:
         handle.remove()
         base.model.vision_tower.config.attention_dropout = 0.0
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2vl", "llava_next", "qwen25vl"])
+def test_shared_features_with_text_only_and_two_image_examples(tiny_family, family, tmp_path):
+    """A batch mixing one, zero and two images per example: the shared features land on the right tokens."""
+    from tests.models.test_packed import _image_count_records, write_mixed_size_images
+
+    model, proc = load(tiny_family(family))
+    _compare(_lora(model.float()), proc, write_mixed_size_images(tmp_path), expect_mode="features",
+             records=_image_count_records())
