@@ -55,7 +55,8 @@ def _wrapper(original):
         split = kwargs.pop(KWARG, None)
         t = query.shape[2]
         if (split is None or attention_mask is not split.mask or key.shape[2] != t or t != split.mask.shape[-1]
-                or not getattr(module, "is_causal", True) or args):
+                or not getattr(module, "is_causal", True) or kwargs.get("is_causal") is False
+                or kwargs.get("position_bias") is not None or args):
             return original(module, query, key, value, attention_mask, *args, **kwargs)
         kwargs.pop("is_causal", None)
         s = split.split

@@ -80,7 +80,8 @@ def test_wrapper_passes_other_calls_through(monkeypatch):
     q, k, v = _qkv(2, 4, 4, mask.shape[-1], 8)
     t = mask.shape[-1]
     for module, m, kw in ((_Attn(1), mask, {}), (_Attn(1), mask.clone(), {prefix_attention.KWARG: split}),
-                          (_Attn(1, causal=False), None, {prefix_attention.KWARG: split})):
+                          (_Attn(1, causal=False), None, {prefix_attention.KWARG: split}),
+                          (_Attn(1), mask, {prefix_attention.KWARG: split, "is_causal": False})):
         calls.clear()
         wrapped(module, q, k, v, m, dropout=0.0, scaling=None, **kw)
         assert calls == [(t, t, False)]
