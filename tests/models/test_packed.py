@@ -491,3 +491,37 @@ def test_parity_with_text_only_and_two_image_examples(tiny_family, mixed_size_im
     assert [bool(e.vision) for e in examples] == [True, False, True]
     pad = proc.tokenizer.pad_token_id
     _assert_parity(_run(example_logps, model, examples, pad), _run(_packed(), model, examples, pad))
+
+
+@pytest.mark.parametrize("which", ["llava", "qwen2vl"])
+def test_last_layer_runs_o_proj_and_mlp_on_the_used_rows_only(which, tiny_llava, tiny_qwen2vl, image_root):
+    """While a packed forward runs, the last layer's o_proj and MLP see the positions that predict a response token
+    and nothing else; earlier layers and every forward outside the packed path see all positions."""
+    model, proc = load(tiny_llava if which == "llava" else tiny_qwen2vl)
+    model = model.float()
+    enc = Encoder(proc, image_root, max_length=512)
+    examples = _mixed([enc.encode(r) for r in _records(3)])
+    batch = collate_packed(examples, proc.tokenizer.pad_token_id)
+    layers = model.get_decoder().layers
+    with torch.no_grad():
+        packed_row_logps(model, batch)  # bpo's hooks are registered on first use
+    seen: dict[str, list[int]] = {}
+
+    def spy(name):  # registered after bpo's pre-hook, so it sees what the module itself gets
+        return lambda mod, args: seen.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+
+    handles = [layers[i].mlp.register_forward_pre_hook(spy(f"mlp{i}")) for i in (0, -1)]
+    handles.append(layers[-1].self_attn.o_proj.register_forward_pre_hook(spy("o_proj-1")))
+    try:
+        with torch.no_grad():
+            lp, _ = packed_row_logps(model, batch)
+            model(input_ids=batch.inputs["input_ids"][:1, :8])  # a plain forward afterwards: all rows
+    finally:
+        for h in handles:
+            h.remove()
+    used = int(torch.unique(batch.src).numel())
+    n_tokens = batch.doc.numel()
+    assert used < n_tokens // 2  # the prompts' rows are really skipped
+    assert seen["mlp0"] == [n_tokens, 8]
+    assert seen["mlp-1"] == seen["o_proj-1"] == [used, 8]
+    assert torch.isfinite(lp).all()
