@@ -380,13 +380,15 @@ class _LastLayerRows:
             return None
         x = args[0]
         self._shape[id(module)] = x.shape
-        return (x.reshape(-1, x.shape[-1]).index_select(0, self.rows), *args[1:])
+        # .to: a no-op unless the layer sits on another device than the inputs (a device_map split)
+        return (x.reshape(-1, x.shape[-1]).index_select(0, self.rows.to(x.device)), *args[1:])
 
     def _post(self, module, args, output):
         shape = self._shape.pop(id(module), None)
         if self.rows is None or shape is None:
             return None
-        full = output.new_zeros((shape[:-1].numel(), output.shape[-1])).index_copy(0, self.rows, output)
+        rows = self.rows.to(output.device)
+        full = output.new_zeros((shape[:-1].numel(), output.shape[-1])).index_copy(0, rows, output)
         return full.view(*shape[:-1], output.shape[-1])
 
     @staticmethod
