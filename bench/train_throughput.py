@@ -363,9 +363,13 @@ def model_work(tr) -> dict:
                and "lora_" not in n)
     n_vis = sum(p.numel() for n, p in named.items() if vis and n.startswith(vis + "."))
     head = base.get_output_embeddings().weight
+    # the last layer's o_proj + MLP, which the packed path runs only on the rows it reads (_LastLayerRows)
+    last = base.get_decoder().layers[-1]
+    n_last = sum(p.numel() for m in (last.self_attn.o_proj, last.mlp) for n, p in m.named_parameters()
+                 if "lora_" not in n)
     exs = tr.examples
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"n_lm": n_lm, "n_vis": n_vis, "n_head": head.numel(),
+    return {"n_lm": n_lm, "n_vis": n_vis, "n_head": head.numel(), "n_last": n_last,
             "image_tokens": mean([ex.n_image_tokens for ex in exs]),
             "prompt": mean([len(ex.prompt_ids) for ex in exs]),
             "responses": [mean([len(ex.response_ids[k]) for ex in exs]) for k in range(4)
@@ -554,7 +558,7 @@ def step_flops(label: str, work: dict, k: int, batch: int) -> float:
 
     Language model: 2 x params x tokens per forward; the policy pass is forward + the backward's
     activation gradients (LoRA: the frozen weights get no weight gradient), so 4x, and the reference
-    forward 2x more unless cached. Vision tower (frozen): 2x per forward per image token. lm_head: on
+    forward 2x more unless cached; the packed path's last layer runs o_proj and the MLP on the read rows only. Vision tower (frozen): 2x per forward per image token. lm_head: on
     the scored (response) tokens only, for every trainer (what the loss uses). Left out: attention
     scores and LoRA's own small products, so MFU is slightly understated.
     """
@@ -568,7 +572,10 @@ def step_flops(label: str, work: dict, k: int, batch: int) -> float:
     else:  # packed: the prompt once, every response once
         lm, scored, images = batch * (p + sum(r)), batch * sum(r), batch
     lm_passes, vis_passes = 4 + 2 * ref, 2 + 2 * ref
-    return (lm_passes * (work["n_lm"] * lm + work["n_head"] * scored)
+    # packed: the last layer's o_proj + MLP skip the p + k rows that predict nothing (p - 1 prompt rows, and each
+    # response's last token); cached runs and older records without n_last count them
+    skipped = batch * (p + k) * work.get("n_last", 0) if not (label.startswith("TRL") or "plain" in label) else 0
+    return (lm_passes * (work["n_lm"] * lm - skipped + work["n_head"] * scored)
             + vis_passes * work["n_vis"] * img * images)
 
 
@@ -829,7 +836,8 @@ def format_section(table: str, checks: dict, results: dict, shape: dict, args, t
     profile_note = ("aten ops and kernel launches: one more step after the timed ones, under `torch.profiler` "
                     "(not timed). MFU: the matrix FLOPs of each trainer's own tokens (`step_flops` in the script: "
                     "LoRA policy forward + activation-gradient backward, reference forward unless cached, frozen "
-                    "vision tower forward, lm_head on response tokens; attention scores left out) over wall time "
+                    "vision tower forward, lm_head on response tokens, the packed path's last-layer o_proj and MLP "
+                    "on the rows it reads; attention scores left out) over wall time "
                     "and the chip's bf16 dense peak; on a CPU the achieved TFLOP/s instead.")
     return f"""### {args.size.upper()} size
 

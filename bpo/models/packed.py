@@ -368,7 +368,8 @@ class _LastLayerRows:
     layer would run unarmed) or ``torch.compile``.
     """
 
-    def __init__(self, modules):
+    def __init__(self, layer, modules):
+        self.layer = layer
         self.rows: torch.Tensor | None = None
         self._shape: dict[int, torch.Size] = {}
         for m in modules:
@@ -391,6 +392,12 @@ class _LastLayerRows:
         full = output.new_zeros((shape[:-1].numel(), output.shape[-1])).index_copy(0, rows, output)
         return full.view(*shape[:-1], output.shape[-1])
 
+    def checkpointed(self) -> bool:
+        """Whether the layer is recomputed in the backward: transformers' activation checkpointing (a flag on the
+        layer, read per call since it can be switched on later) or a torch checkpoint wrapper around it."""
+        return bool(getattr(self.layer, "gradient_checkpointing", False)) or \
+            hasattr(self.layer, "_checkpoint_wrapped_module")
+
     @staticmethod
     def for_decoder(decoder) -> _LastLayerRows | None:
         hooks = getattr(decoder, "_bpo_last_rows", False)
@@ -399,7 +406,7 @@ class _LastLayerRows:
             last = layers[-1] if layers is not None and len(layers) else None
             o_proj = getattr(getattr(last, "self_attn", None), "o_proj", None)
             mlp = getattr(last, "mlp", None)
-            hooks = _LastLayerRows([o_proj, mlp]) if o_proj is not None and mlp is not None else None
+            hooks = _LastLayerRows(last, [o_proj, mlp]) if o_proj is not None and mlp is not None else None
             decoder._bpo_last_rows = hooks
         return hooks
 
@@ -412,9 +419,10 @@ def _final_hidden(model, base, rows: torch.Tensor | None = None, **kwargs) -> to
         decoder.register_forward_hook(grab)
         decoder._bpo_grab_hidden = grab
     last = None
-    if rows is not None and not getattr(base, "is_gradient_checkpointing", False) \
-            and getattr(base, "_compiled_call_impl", None) is None:
+    if rows is not None and getattr(base, "_compiled_call_impl", None) is None:
         last = _LastLayerRows.for_decoder(decoder)
+        if last is not None and last.checkpointed():
+            last = None
     grab.on = True
     if last is not None:
         last.rows = rows

@@ -167,6 +167,12 @@ def test_parity_with_gradient_checkpointing(tiny_llava, image_root):
     model.train()
     assert unsupported_reason(model) is None
     _assert_parity(plain, _run(packed_example_logps, model, examples, pad))
+    # the recomputed last layer would run unarmed, so its rows are not restricted (read per call)
+    from bpo.models.packed import _LastLayerRows
+
+    assert _LastLayerRows.for_decoder(model.get_decoder()).checkpointed()
+    model.activation_checkpointing_disable()
+    assert not _LastLayerRows.for_decoder(model.get_decoder()).checkpointed()
 
 
 def test_wrong_mrope_continuation_is_caught(tiny_qwen2vl, image_root, monkeypatch):
