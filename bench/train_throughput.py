@@ -564,6 +564,7 @@ def step_flops(label: str, work: dict, k: int, batch: int) -> float:
     """
     p, r, img = work["prompt"], work["responses"][: k + 1], work["image_tokens"]
     ref = 0 if "ref cache" in label else 1
+    skipped = 0  # last-layer o_proj + MLP rows not computed
     if label.startswith("TRL"):  # one row per pair: prompt + chosen and prompt + rejected, image in each
         lm = batch * sum(2 * p + r[0] + r[j] for j in range(1, k + 1))
         scored, images = batch * sum(r[0] + r[j] for j in range(1, k + 1)), 2 * batch * k
@@ -571,10 +572,9 @@ def step_flops(label: str, work: dict, k: int, batch: int) -> float:
         lm, scored, images = batch * sum(p + x for x in r), batch * sum(r), batch * (k + 1)
     else:  # packed: the prompt once, every response once
         lm, scored, images = batch * (p + sum(r)), batch * sum(r), batch
+        # the rows that predict nothing: p - 1 prompt rows and each of the k + 1 responses' last token
+        skipped = batch * (p + k) * work.get("n_last", 0)
     lm_passes, vis_passes = 4 + 2 * ref, 2 + 2 * ref
-    # packed: the last layer's o_proj + MLP skip the p + k rows that predict nothing (p - 1 prompt rows, and each
-    # response's last token); cached runs and older records without n_last count them
-    skipped = batch * (p + k) * work.get("n_last", 0) if not (label.startswith("TRL") or "plain" in label) else 0
     return (lm_passes * (work["n_lm"] * lm - skipped + work["n_head"] * scored)
             + vis_passes * work["n_vis"] * img * images)
 

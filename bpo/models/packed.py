@@ -392,6 +392,10 @@ class _LastLayerRows:
         full = output.new_zeros((shape[:-1].numel(), output.shape[-1])).index_copy(0, rows, output)
         return full.view(*shape[:-1], output.shape[-1])
 
+    def disarm(self) -> None:
+        self.rows = None
+        self._shape.clear()
+
     def checkpointed(self) -> bool:
         """Whether the layer is recomputed in the backward: transformers' activation checkpointing (a flag on the
         layer, read per call since it can be switched on later) or a torch checkpoint wrapper around it."""
@@ -433,8 +437,7 @@ def _final_hidden(model, base, rows: torch.Tensor | None = None, **kwargs) -> to
     finally:
         grab.on, grab.value = False, None
         if last is not None:
-            last.rows = None
-            last._shape.clear()
+            last.disarm()
     if hidden is None:
         raise RuntimeError(f"{type(decoder).__name__} returned no last_hidden_state")
     return hidden
@@ -455,7 +458,10 @@ def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
     # every host-to-device copy before the forward (a blocking copy after it would wait for the GPU)
     inputs = _to_device(batch.inputs, device, dtype)
     doc, seg, pos = (to_device(t, device) for t in (batch.doc, batch.seg, batch.pos))
-    src, tgt, owner = (to_device(t, device) for t in (batch.src, batch.tgt, batch.owner))
+    # rows: the hidden states that are read (every response shares its prompt's last one); unique on the host,
+    # where it costs no device synchronisation
+    src, tgt, owner, rows = (to_device(t, device) for t in (batch.src, batch.tgt, batch.owner,
+                                                            torch.unique(batch.src)))
     if getattr(base.config, "model_type", None) in _MROPE:
         prompt = _to_device(batch.prompt, device, dtype)
         position_ids = _mrope_positions(base, batch, prompt, doc, pos)
@@ -467,7 +473,6 @@ def _device_tensors(base, batch: PackedBatch, device, dtype) -> tuple:
         split = prefix_attention.prefix_split(mask, batch.shared_prefix)
         if split is not None:
             extra[prefix_attention.KWARG] = split
-    rows = torch.unique(src)  # the hidden states that are read (every response shares its prompt's last one)
     batch.device_cache[key] = out = (inputs, mask, position_ids, src, tgt, owner, extra, rows)
     return out
 

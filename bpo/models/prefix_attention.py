@@ -25,12 +25,12 @@ the results stay exact and only the saving is lost.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 
 KWARG = "bpo_prefix_split"
-_STATE: dict = {}
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,16 @@ def _wrapper(original):
     return prefix_sdpa
 
 
+@functools.cache
 def install() -> bool:
     """Register the wrapper under ``"sdpa"`` (once per process). False where transformers has no such hook."""
-    if "installed" in _STATE:
-        return _STATE["installed"]
     try:
         from transformers.modeling_utils import AttentionInterface
     except ImportError:  # pragma: no cover - transformers without the attention registry
-        _STATE["installed"] = False
         return False
     original = AttentionInterface._global_mapping.get("sdpa")
     if original is None:  # pragma: no cover
-        _STATE["installed"] = False
         return False
     if not hasattr(original, "bpo_original"):
         AttentionInterface.register("sdpa", _wrapper(original))
-    _STATE["installed"] = True
     return True
